@@ -1,0 +1,1 @@
+"""Course infrastructure written by hand: data, export, checking and grading."""

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from llmcourse.course import corpus
 from llmcourse.course.corpus import generate_corpus, load_text, stdlib_corpus
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 LATIN_LETTER = re.compile(r"[A-Za-z]")
 ENGLISH_WORD = re.compile(r"[A-Za-z']+")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# The folder holding the `llmcourse` package under test (llmcourse/course/corpus.py).
+PACKAGE_PARENT = Path(corpus.__file__).resolve().parents[2]
 
 # Large enough for stable statistics, small enough to make in a fraction of a second.
 SAMPLE_CHARS = 300_000
@@ -167,7 +169,7 @@ def test_same_text_in_another_process_with_another_hash_seed():
     digests = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        result = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT,
+        result = subprocess.run([sys.executable, "-c", script], env=env, cwd=PACKAGE_PARENT,
                                 capture_output=True, text=True, check=True)
         digests.add(result.stdout.strip())
     here = generate_corpus(100_000, seed=5) + stdlib_corpus(100_000)

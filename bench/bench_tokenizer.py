@@ -140,7 +140,8 @@ def split_lines(text: str, pattern: str) -> list[str]:
 
 def same_pretokenization(text: str, pieces: list[str], pattern: str) -> bool:
     """Do the pieces, pre-tokenized one by one, give the chunks of the whole text?"""
-    return [c for piece in pieces for c in regex.findall(pattern, piece)] == regex.findall(pattern, text)
+    piece_chunks = [chunk for piece in pieces for chunk in regex.findall(pattern, piece)]
+    return piece_chunks == regex.findall(pattern, text)
 
 
 # --- The two tokenizers --------------------------------------------------------
@@ -233,7 +234,8 @@ def thread_report() -> list[str]:
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |"
+             for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
@@ -248,7 +250,8 @@ def ratio_row(task: str, ours: Timing, theirs: Timing, target: float | None) -> 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=None,
-                        help=f"corpus size in MB of UTF-8 (default {DEFAULT_MB:g}; with --text: cut the file)")
+                        help=f"corpus size in MB of UTF-8 (default {DEFAULT_MB:g}; "
+                             "with --text: cut the file to this size)")
     parser.add_argument("--text", type=Path, default=None, help="a UTF-8 text file of your own")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
@@ -302,10 +305,12 @@ def main(argv=None) -> int:
                                 lambda tok: tok.encode_batch(lines))
 
     rows = [["task", "ours (s)", "tokenizers (s)", "ratio (ours/theirs)", "target", "met?"],
-            ratio_row(f"train, vocab {args.vocab_size} (1 run)", ours_train, theirs_train, TRAIN_TARGET),
+            ratio_row(f"train, vocab {args.vocab_size} (1 run)", ours_train, theirs_train,
+                      TRAIN_TARGET),
             ratio_row(f"encode vs encode_batch (best of {args.repeat})", ours_encode, batch_encode,
                       ENCODE_TARGET),
-            ratio_row(f"encode vs serial encode (best of {args.repeat})", ours_encode, serial_encode, None),
+            ratio_row(f"encode vs serial encode (best of {args.repeat})", ours_encode,
+                      serial_encode, None),
             ratio_row("encode vs encode_batch, first call", ours_cold, batch_cold, None),
             ratio_row(f"encode vs encode_batch, empty caches (best of {args.repeat})",
                       ours_fresh, batch_fresh, None)]
@@ -317,9 +322,10 @@ def main(argv=None) -> int:
 
     mb = n_bytes / BYTES_PER_MB
     throughput = [["encoder", "s", "MB/s", "tokens/s", "tokens", "cpu/wall"]]
-    for name, timing, count in [("ours: encode(text)", ours_encode, len(our_ids)),
-                                ("tokenizers: encode_batch(lines)", batch_encode, their_token_count),
-                                ("tokenizers: encode(line), serial", serial_encode, their_token_count)]:
+    encoders = [("ours: encode(text)", ours_encode, len(our_ids)),
+                ("tokenizers: encode_batch(lines)", batch_encode, their_token_count),
+                ("tokenizers: encode(line), serial", serial_encode, their_token_count)]
+    for name, timing, count in encoders:
         throughput.append([name, f"{timing.wall:.3f}", f"{mb / timing.wall:.2f}",
                            f"{count / timing.wall:,.0f}", f"{count:,}", f"{timing.cores_busy:.2f}"])
     print(table(throughput))
@@ -331,7 +337,8 @@ def main(argv=None) -> int:
           f"{'yes' if merges['identical'] else 'no'}; same first {merges['same_prefix']}; "
           f"{merges['shared']} in common as byte pairs")
     same, position = compare_tokens(ours, our_ids, theirs, batch)
-    print("same tokens on the corpus: " + ("yes" if same else f"no (first difference at token {position})")
+    print("same tokens on the corpus: "
+          + ("yes" if same else f"no (first difference at token {position})")
           + f"; ours {len(our_ids):,} tokens, theirs {their_token_count:,}")
     round_trip = ours.decode(our_ids) == text
     print(f"ours decode(encode(text)) == text: {'yes' if round_trip else 'NO'}")

@@ -587,11 +587,11 @@ def _capitalize_first_letter(sentence: str) -> str:
 
 
 def _english_paragraph(random: Callable[[], float], target_chars: int) -> str:
-    start = _ENGLISH["sentence"]
+    sentence_symbol = _ENGLISH["sentence"]
     sentences, length = [], 0
     while length < target_chars:
         parts: list[str] = []
-        start.expand(random, parts)
+        sentence_symbol.expand(random, parts)
         sentence = _capitalize_first_letter("".join(parts))
         sentences.append(sentence)
         length += len(sentence) + len(ENGLISH_SENTENCE_SEPARATOR)
@@ -599,12 +599,12 @@ def _english_paragraph(random: Callable[[], float], target_chars: int) -> str:
 
 
 def _chinese_paragraph(random: Callable[[], float], target_chars: int) -> str:
-    start = _CHINESE["sentence"]
+    sentence_symbol = _CHINESE["sentence"]
     parts: list[str] = []
     length = 0
     while length < target_chars:
         before = len(parts)
-        start.expand(random, parts)
+        sentence_symbol.expand(random, parts)
         length += sum(len(part) for part in parts[before:])
     return CHINESE_SENTENCE_SEPARATOR.join(parts)
 

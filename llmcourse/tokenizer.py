@@ -180,22 +180,33 @@ def learn_merges(word_counts: dict, vocab: list, vocab_size: int) -> tuple[dict,
             vocab.append(token)
             id_of[token] = new_id
         merges[pair] = new_id
-        # Only the chunks holding the pair change: take their old pairs out, put the new in.
+        # Only the chunks holding the pair change, and in them only the neighbours of each
+        # occurrence: (left, a) becomes (left, new) and (b, right) becomes (new, right).
+        first, second = pair
         new_pairs = set()
         for index in where.pop(pair):
-            old = words[index]
-            new = merge(old, pair, new_id)
-            if len(new) == len(old):
-                continue
-            freq = freqs[index]
-            for p in zip(old, old[1:]):
-                pair_counts[p] -= freq
-            for p in zip(new, new[1:]):
-                pair_counts[p] += freq
-                if new_id in p:
-                    where[p].add(index)
-                    new_pairs.add(p)
-            words[index] = new
+            word, freq = words[index], freqs[index]
+            merged, i, n = [], 0, len(word)
+            while i < n:
+                if i + 1 < n and word[i] == first and word[i + 1] == second:
+                    if merged:  # the left neighbour, already updated if it was merged too
+                        left = merged[-1]
+                        pair_counts[(left, first)] -= freq
+                        new_pairs.add((left, new_id))
+                        pair_counts[(left, new_id)] += freq
+                        where[(left, new_id)].add(index)
+                    if i + 2 < n:
+                        right = word[i + 2]
+                        pair_counts[(second, right)] -= freq
+                        new_pairs.add((new_id, right))
+                        pair_counts[(new_id, right)] += freq
+                        where[(new_id, right)].add(index)
+                    merged.append(new_id)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            words[index] = merged
         del pair_counts[pair]
         for p in new_pairs:
             heapq.heappush(heap, (-pair_counts[p], p))
@@ -475,6 +486,9 @@ class UnigramTokenizer:
                 chars[word[i]] += count
                 for j in range(i + 2, min(len(word), i + UNIGRAM_MAX_PIECE) + 1):
                     substrings[word[i:j]] += count
+        if len(chars) > vocab_size:
+            raise ValueError(f"vocab_size={vocab_size} is smaller than the {len(chars)} distinct characters of the text; "
+                             "every character must stay a piece")
         seed = dict(chars)
         ranked = sorted(substrings.items(), key=lambda kv: (-kv[1] * len(kv[0]), kv[0]))
         seed.update(ranked[: UNIGRAM_SEED_FACTOR * vocab_size])
@@ -488,7 +502,8 @@ class UnigramTokenizer:
             costs = _removal_costs(word_counts, log_probs)
             keep = max(vocab_size, int(len(log_probs) * UNIGRAM_SHRINK)) - (len(log_probs) - len(costs))
             kept = sorted(costs, key=lambda p: (-costs[p], p))[:max(keep, 0)]
-            log_probs = {p: lp for p, lp in log_probs.items() if len(p) == 1 or p in set(kept)}
+            kept = set(kept)
+            log_probs = {p: lp for p, lp in log_probs.items() if len(p) == 1 or p in kept}
         return cls(log_probs, pattern)
 
     @property

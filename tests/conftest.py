@@ -1,0 +1,61 @@
+"""Pick the implementation under test, and shared fixtures.
+
+The tests verify *a* package: the reference `llmcourse` by default, or a learner's package
+when LLMCOURSE_PACKAGE names the folder that holds its `llmcourse/` (as `./course test
+--package DIR` does, in its own process). The chosen folder is put first on sys.path before
+anything imports `llmcourse`, and the session refuses to run if the import resolves anywhere
+else.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ENV = "LLMCOURSE_PACKAGE"
+
+
+def _select_package() -> Path:
+    chosen = os.environ.get(PACKAGE_ENV)
+    if not chosen:
+        return ROOT
+    parent = Path(chosen).resolve()
+    if not (parent / "llmcourse" / "__init__.py").is_file():
+        raise pytest.UsageError(f"{PACKAGE_ENV}={chosen}: no llmcourse/__init__.py there; run `./course export` first")
+    sys.path.insert(0, str(parent))
+    return parent
+
+
+PACKAGE_PARENT = _select_package()
+import llmcourse  # noqa: E402  (after sys.path is set)
+
+if Path(llmcourse.__file__).resolve().parent != PACKAGE_PARENT / "llmcourse":
+    raise pytest.UsageError(f"llmcourse was imported from {llmcourse.__file__}, not from {PACKAGE_PARENT}")
+
+
+def pytest_report_header(config):
+    return f"llmcourse under test: {Path(llmcourse.__file__).parent}"
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+    if os.environ.get(PACKAGE_ENV):
+        # A learner's package: only the package tests apply, not the course's own checks.
+        skip = pytest.mark.skip(reason="course infrastructure check, not a package test")
+        for item in items:
+            if "course_infra" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT

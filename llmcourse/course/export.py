@@ -190,9 +190,10 @@ def check_statement(cell: ExportCell, node, in_class: bool = False) -> None:
         if isinstance(node, ast.AnnAssign):
             check_expression(cell, node.annotation, "an annotation")
         return
-    kind = type(node).__name__
-    raise cell.error(node, f"a {kind} statement cannot be exported: export cells hold only imports, def, class, "
-                     "constants and docstrings; put code that runs in a cell without '#| export'")
+    code = ast.unparse(node).split("\n")[0][:60]
+    raise cell.error(node, f"`{code}` ({type(node).__name__} statement) would run when the package is imported: "
+                     "export cells hold only imports, def, class, constants and docstrings; "
+                     "put code that runs in a cell without '#| export'")
 
 
 def check_cell(cell: ExportCell) -> None:

@@ -1,0 +1,78 @@
+"""The course's notebooks: full marks for the solutions, zero for the blank exercises, no drift."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from llmcourse.course import nbgrader_tools
+from llmcourse.course.chapters import CHAPTERS
+from llmcourse.course.export import build_modules
+
+pytestmark = [pytest.mark.course_infra]
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
+def test_notebook_structure(root, chapter):
+    notebook = nbformat.read(str(chapter.solution_path(root)), as_version=4)
+    first = notebook.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), "the notebook must open with a title"
+    assert first.metadata.get("nbgrader", {}).get("locked"), "the title cell must be locked"
+    graded = [c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert graded, "a chapter notebook needs graded cells"
+    for cell in graded:
+        meta = cell.metadata["nbgrader"]
+        assert meta["locked"] and meta["points"] > 0, f"{meta['grade_id']}: grade cells are locked and worth points"
+        assert "### BEGIN HIDDEN TESTS" in cell.source, f"{meta['grade_id']}: every grade cell has hidden tests"
+    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "commit solutions without outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
+def test_solutions_full_marks_and_blank_exercises_zero(root, chapter):
+    scores = nbgrader_tools.autograde(root, chapter, {
+        "solution": chapter.solution_path(root),
+        "blank": chapter.exercise_path(root),
+    })
+    for cell in scores["solution"]:
+        assert cell.score == cell.max_score, f"the solution loses points on {cell.grade_id}: {cell.score}/{cell.max_score}"
+    for cell in scores["blank"]:
+        assert cell.score == 0, f"{cell.grade_id} gives {cell.score} points to the blank exercise: a test that cannot fail"
+    assert len(scores["blank"]) == len(scores["solution"]) > 0
+
+
+@pytest.mark.slow
+def test_exercises_are_generated_from_solutions(root, tmp_path):
+    nbgrader_tools.generate_exercises(root, out=tmp_path)
+    for chapter in CHAPTERS:
+        fresh, committed = chapter.exercise_path(tmp_path), chapter.exercise_path(root)
+        assert committed.exists(), f"{committed} is missing: run ./course generate"
+        assert nbgrader_tools.same_notebook(fresh, committed), f"{committed} differs from solutions/: run ./course generate"
+
+
+def test_package_modules_are_exported_from_solutions(root):
+    modules = build_modules([c.solution_path(root) for c in CHAPTERS], relative_to=root)
+    assert set(modules) == {m for c in CHAPTERS for m in c.modules}
+    for module, text in modules.items():
+        committed = root / "llmcourse" / f"{module}.py"
+        assert committed.exists() and committed.read_text(encoding="utf-8") == text, \
+            f"llmcourse/{module}.py differs from solutions/: run ./course generate"
+
+
+@pytest.mark.slow
+def test_check_command_scores_a_notebook(root):
+    chapter = CHAPTERS[0]
+    n_graded = sum(bool(c.metadata.get("nbgrader", {}).get("grade"))
+                   for c in nbformat.read(str(chapter.solution_path(root)), as_version=4).cells)
+    before = chapter.exercise_path(root).read_bytes()
+    ok = subprocess.run([sys.executable, "-m", "llmcourse", "check", str(chapter.solution_path(root))],
+                        cwd=root, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "FAIL" not in ok.stdout and ok.stdout.count("pass") == n_graded
+    blank = subprocess.run([sys.executable, "-m", "llmcourse", "check", str(chapter.exercise_path(root))],
+                           cwd=root, capture_output=True, text=True)
+    assert blank.returncode == 1 and blank.stdout.count("FAIL") == n_graded, blank.stdout + blank.stderr
+    assert chapter.exercise_path(root).read_bytes() == before, "check must never modify the notebook"

@@ -133,12 +133,13 @@ def test_a_learner_package_is_tested_on_its_own_code(tmp_path, root):
     export_package([CHAPTER.solution_path(root)], solved, fallback_root=root)
     reference = str(root / "llmcourse")
     assert reference not in (solved / "llmcourse" / "tokenizer.py").read_text()
-    env = dict(os.environ, LLMCOURSE_PACKAGE=str(solved))
-    tests = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(root / "tests" / "test_tokenizer.py")]
-    passed = subprocess.run(tests, cwd=root, env=env, capture_output=True, text=True)
+    # the learner's command: ./course test --package DIR --chapter 01-tokenizers
+    passed = subprocess.run([sys.executable, "-m", "llmcourse", "test", "--package", str(solved), "--chapter", CHAPTER.assignment,
+                             "-p", "no:cacheprovider"], cwd=root, capture_output=True, text=True)
     assert passed.returncode == 0, passed.stdout[-3000:]
     assert f"llmcourse under test: {solved / 'llmcourse'}" in passed.stdout
     blank = tmp_path / "blank"
     export_package([CHAPTER.exercise_path(root)], blank, fallback_root=root)
-    failed = subprocess.run(tests + ["-x"], cwd=root, env=dict(os.environ, LLMCOURSE_PACKAGE=str(blank)), capture_output=True, text=True)
+    tests = [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", str(root / "tests" / "test_tokenizer.py")]
+    failed = subprocess.run(tests, cwd=root, env=dict(os.environ, LLMCOURSE_PACKAGE=str(blank)), capture_output=True, text=True)
     assert failed.returncode == 1 and "NotImplementedError" in failed.stdout, failed.stdout[-3000:]

@@ -105,6 +105,26 @@ def cmd_corpus(args) -> int:
     return 0
 
 
+def cmd_train_tokenizer(args) -> int:
+    """Train the package's byte-level BPE on a user's file (or the generated corpus)."""
+    import importlib
+    from .corpus import generate_corpus, load_text
+    if args.package:
+        sys.path.insert(0, str(Path(args.package).resolve()))
+    tokenizer = importlib.import_module("llmcourse.tokenizer")
+    text = load_text(args.text) if args.text else generate_corpus(args.chars, seed=args.seed)
+    trained = tokenizer.BPETokenizer.train(text, args.vocab_size, special_tokens=args.special)
+    trained.save(args.out)
+    print(f"trained on {len(text):,} characters: {trained.vocab_size} tokens, saved to {args.out}")
+    if args.hf_json:
+        trained.to_hf_json(args.hf_json)
+        print(f"tokenizers-library JSON: {args.hf_json} (tokenizers.Tokenizer.from_file)")
+    sample = text[:200]
+    ids = trained.encode(sample)
+    print(f"the first {len(sample)} characters -> {len(ids)} tokens")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmcourse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,12 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("test", help="run the package tests (reference package, or yours with --package)")
     p.add_argument("--package", help="folder that holds your exported llmcourse/ (from `export`)")
     p.add_argument("--chapter", action="append", help="only this chapter's tests, e.g. 01-tokenizers (repeatable)")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
-    p.set_defaults(run=cmd_test)
+    p.set_defaults(run=cmd_test, pass_through=True)  # other arguments go to pytest
 
     p = sub.add_parser("check", help="learners: grade your notebook in a fresh kernel and print the score")
     p.add_argument("notebooks", nargs="+", help="e.g. exercises/01-tokenizers/tokenizers.ipynb")
     p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("train-tokenizer", help="train byte-level BPE on your text file (or the generated corpus)")
+    p.add_argument("--text", help="a UTF-8 text file (default: the generated corpus)")
+    p.add_argument("--chars", type=int, default=1_000_000, help="size of the generated corpus when no --text")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--special", action="append", default=[], help="a special token, e.g. '<|endoftext|>' (repeatable)")
+    p.add_argument("--out", required=True, help="where to save the tokenizer (JSON)")
+    p.add_argument("--hf-json", help="also write the tokenizers-library format here")
+    p.add_argument("--package", help="use your exported package (the folder holding llmcourse/) instead of the reference")
+    p.set_defaults(run=cmd_train_tokenizer)
 
     p = sub.add_parser("corpus", help="write the course's generated English/Chinese corpus to a file")
     p.add_argument("--chars", type=int, default=1_000_000)
@@ -138,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "pass_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.pytest_args = rest
     try:
         return args.run(args)
     except (ExportError, FileNotFoundError, KeyError, ValueError) as error:

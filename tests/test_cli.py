@@ -1,0 +1,46 @@
+"""The command line: commands that take a user's text file, and their errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.course_infra]
+
+
+def llmcourse(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "llmcourse", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_train_tokenizer_on_a_user_file(root, tmp_path):
+    from tokenizers import Tokenizer
+
+    from llmcourse.tokenizer import BPETokenizer
+
+    text = tmp_path / "mine.txt"
+    text.write_text("low lower lowest newer wider 新的 更新的\n" * 50, encoding="utf-8")
+    result = llmcourse("train-tokenizer", "--text", str(text), "--vocab-size", "300", "--special", "<|endoftext|>",
+                       "--out", str(tmp_path / "tok.json"), "--hf-json", str(tmp_path / "hf.json"), cwd=root)
+    assert result.returncode == 0, result.stderr
+    ours = BPETokenizer.load(tmp_path / "tok.json")
+    sample = "lowest 更新的<|endoftext|>"
+    assert Tokenizer.from_file(str(tmp_path / "hf.json")).encode(sample).ids == ours.encode(sample)
+
+
+def test_missing_text_file_is_a_clear_error(root, tmp_path):
+    result = llmcourse("train-tokenizer", "--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "t.json"), cwd=root)
+    assert result.returncode == 2 and "nope.txt" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_corpus_command_writes_the_generated_corpus(root, tmp_path):
+    from llmcourse.course.corpus import generate_corpus
+
+    result = llmcourse("corpus", "--chars", "5000", "--seed", "3", "--out", str(tmp_path / "c.txt"), cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "c.txt").read_text(encoding="utf-8") == generate_corpus(5000, seed=3)
+
+
+def test_unknown_arguments_are_refused(root):
+    assert llmcourse("export", "--bogus", cwd=root).returncode == 2

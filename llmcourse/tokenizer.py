@@ -217,11 +217,19 @@ def bpe_encode_word(ids, ranks: dict, merges: dict) -> list[int]:
     """Apply learned merges to one chunk, earliest-learned first (Eq. 1.4 in the book)."""
 
     ids = list(ids)
-    while len(ids) >= 2:
-        pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, math.inf))
-        if pair not in ranks:
+    # The rank of every adjacent pair; after a merge only its two neighbours change.
+    pair_ranks = [ranks.get(pair, math.inf) for pair in zip(ids, ids[1:])]
+    while pair_ranks:
+        best = min(pair_ranks)
+        if best == math.inf:
             break
-        ids = merge(ids, pair, merges[pair])
+        i = pair_ranks.index(best)  # the leftmost occurrence
+        ids[i:i + 2] = [merges[(ids[i], ids[i + 1])]]
+        del pair_ranks[i]
+        if i > 0:
+            pair_ranks[i - 1] = ranks.get((ids[i - 1], ids[i]), math.inf)
+        if i < len(pair_ranks):
+            pair_ranks[i] = ranks.get((ids[i], ids[i + 1]), math.inf)
     return ids
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .chapters import CHAPTERS, chapter_by_assignment
-from .export import ExportError, export_package, export_reference
+from .export import ExportError, chapter_of_notebook, export_package, export_reference
 
 DEFAULT_PACKAGE_DIR = "my-package"
 """Where `export` writes a learner's package unless --out says otherwise (git-ignored)."""
@@ -21,11 +21,6 @@ DEFAULT_PACKAGE_DIR = "my-package"
 def find_root() -> Path:
     from .nbgrader_tools import repo_root
     return repo_root()
-
-
-def chapter_of(path: Path):
-    folder = Path(path).resolve().parent.name
-    return chapter_by_assignment(folder)
 
 
 def cmd_generate(args) -> int:
@@ -76,10 +71,10 @@ def cmd_check(args) -> int:
     failures = 0
     for name in args.notebooks:
         path = Path(name)
-        try:
-            chapter = chapter_of(path)
-        except KeyError as error:
-            print(f"{path}: {error.args[0]} (the notebook must stay in its chapter folder)")
+        chapter = chapter_of_notebook(path)
+        if chapter is None:
+            known = ", ".join(c.assignment for c in CHAPTERS)
+            print(f"{path}: not in a chapter folder ({known}); keep the notebook in its chapter folder")
             return 2
         if not path.is_file():
             print(f"{path}: no such notebook")

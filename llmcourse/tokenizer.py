@@ -239,6 +239,10 @@ BPE_FORMAT = "llmcourse-bpe"
 BPE_FORMAT_VERSION = 1
 """Bumped whenever the saved layout changes; older files are refused with a clear message."""
 
+ENCODE_CACHE_SIZE = 100_000
+"""Distinct chunks whose ids `encode` remembers; past that, new chunks are encoded each time
+(a bound on memory: a long-running tokenizer would otherwise remember every chunk it saw)."""
+
 
 class BPETokenizer:
     """Byte-level BPE in GPT-2's layout: 256 base bytes, learned merges, then special tokens."""
@@ -298,7 +302,8 @@ class BPETokenizer:
             ids = cache.get(chunk)
             if ids is None:
                 ids = bpe_encode_word(chunk.encode("utf-8").translate(table), self.ranks, self.merges)
-                cache[chunk] = ids
+                if len(cache) < ENCODE_CACHE_SIZE:
+                    cache[chunk] = ids
             out.extend(ids)
 
     def encode(self, text: str) -> list[int]:

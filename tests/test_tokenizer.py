@@ -343,3 +343,12 @@ def test_unigram_tokenizer_trains_and_round_trips(corpus):
     assert uni.decode(uni.encode(sample)) == sample
     assert len(uni.tokenize(sample)) < len(sample) * 0.7  # pieces longer than characters
     assert uni.encode("\U0001F600") == [uni.unk_id]
+
+
+def test_encode_cache_is_bounded(trained, monkeypatch):
+    monkeypatch.setattr(T, "ENCODE_CACHE_SIZE", 3)
+    fresh = T.BPETokenizer(list(trained.merges))
+    text = "one two three four five six seven"
+    assert fresh.decode(fresh.encode(text)) == text
+    assert len(fresh._cache) == 3
+    assert fresh.encode(text) == trained.encode(text)

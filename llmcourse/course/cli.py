@@ -13,19 +13,15 @@ from pathlib import Path
 
 from .chapters import CHAPTERS, chapter_by_assignment
 from .export import ExportError, chapter_of_notebook, export_package, export_reference
+from .nbgrader_tools import repo_root
 
 DEFAULT_PACKAGE_DIR = "my-package"
 """Where `export` writes a learner's package unless --out says otherwise (git-ignored)."""
 
 
-def find_root() -> Path:
-    from .nbgrader_tools import repo_root
-    return repo_root()
-
-
 def cmd_generate(args) -> int:
     from .nbgrader_tools import generate_exercises
-    root = find_root()
+    root = repo_root()
     chapters = [chapter_by_assignment(a) for a in args.chapters] if args.chapters else CHAPTERS
     for path in export_reference(root):
         print(f"exported  {path.relative_to(root)}")
@@ -35,7 +31,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    root = find_root()
+    root = repo_root()
     if args.reference:
         for path in export_reference(root):
             print(f"exported {path.relative_to(root)}")
@@ -49,7 +45,7 @@ def cmd_export(args) -> int:
 
 def run_package_tests(package_parent: Path | None, test_files: list[str], extra: list[str]) -> int:
     """pytest on tests/ in a child process; `package_parent` holds the llmcourse/ under test."""
-    root = find_root()
+    root = repo_root()
     env = dict(os.environ)
     if package_parent is not None:
         env["LLMCOURSE_PACKAGE"] = str(Path(package_parent).resolve())
@@ -67,7 +63,7 @@ def cmd_test(args) -> int:
 
 def cmd_check(args) -> int:
     from .nbgrader_tools import autograde
-    root = find_root()
+    root = repo_root()
     failures = 0
     for name in args.notebooks:
         path = Path(name)

@@ -58,7 +58,7 @@ def generate(root: Path, chapter: Chapter, course: Path) -> Path:
     if result.returncode != 0 or not generated.exists():
         raise RuntimeError(f"nbgrader generate_assignment {chapter.assignment} failed:\n{result.stdout}\n{result.stderr}")
     notebook = nbformat.read(str(generated), as_version=4)
-    source = chapter.solution_path(Path(".")).as_posix().lstrip("./")
+    source = chapter.solution_path(course).relative_to(course).as_posix()
     notebook.metadata["llmcourse"] = {"generated": GENERATED_NOTE.format(source=source)}
     nbformat.write(notebook, str(generated))
     return generated

@@ -1,0 +1,147 @@
+"""Checks the graded notebook cells use: tensor comparisons and forbidden APIs.
+
+Every failure says what was expected and what came back (type, shape, dtype, max error), so
+a learner can act on it. The comparisons avoid `torch.allclose` and `torch.testing`, which a
+submission could have replaced, and check the type first, so an object whose `__eq__` always
+answers yes does not pass.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import math
+
+import torch
+
+
+def expect_tensor(actual, expected: torch.Tensor, name: str = "result", *,
+                  atol: float = 1e-5, rtol: float = 1e-4, check_dtype: bool = True) -> None:
+    """Raise AssertionError unless `actual` is a tensor like `expected`, equal within tolerance.
+
+    Elementwise, |actual - expected| <= atol + rtol * |expected|; NaN and infinities must
+    sit in the same places.
+    """
+    if not isinstance(actual, torch.Tensor) or type(actual).__eq__ is not torch.Tensor.__eq__:
+        raise AssertionError(f"{name} should be a torch.Tensor, got {type(actual).__name__}")
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise AssertionError(f"{name} should have shape {tuple(expected.shape)}, got {tuple(actual.shape)}")
+    if check_dtype and actual.dtype != expected.dtype:
+        raise AssertionError(f"{name} should have dtype {expected.dtype}, got {actual.dtype}")
+    if actual.device != expected.device:
+        raise AssertionError(f"{name} should be on {expected.device}, got {actual.device}")
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    same_nonfinite = (a.isnan() == e.isnan()) & (a.isposinf() == e.isposinf()) & (a.isneginf() == e.isneginf())
+    if not bool(same_nonfinite.all()):
+        raise AssertionError(f"{name} has NaN or infinite values where the expected tensor does not "
+                             f"(or misses them): {int((~same_nonfinite).sum())} positions differ")
+    finite = e.isfinite()
+    error = (a - e).abs().where(finite, torch.zeros_like(a))
+    allowed = atol + rtol * e.abs().where(finite, torch.zeros_like(e))
+    if bool((error > allowed).any()):
+        worst = int(torch.argmax(error - allowed))
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), tuple(e.shape))) if e.dim() else ()
+        raise AssertionError(f"{name} differs from the expected values: max abs error "
+                             f"{float(error.max()):.3g} (allowed {atol:g} + {rtol:g}*|expected|); "
+                             f"at index {index} got {float(a.reshape(-1)[worst]):.6g}, "
+                             f"expected {float(e.reshape(-1)[worst]):.6g}")
+
+
+def expect_close(actual, expected: float, name: str = "result", *, rel: float = 1e-9) -> None:
+    """A Python number equal to `expected` within relative tolerance `rel`."""
+    if type(actual) not in (int, float):
+        raise AssertionError(f"{name} should be a Python int or float, got {type(actual).__name__}")
+    if not math.isclose(actual, expected, rel_tol=rel, abs_tol=0.0):
+        raise AssertionError(f"{name} should be {expected!r}, got {actual!r}")
+
+
+def expect_grads(ours: dict, reference: dict, *, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """Compare gradients by name: {name: tensor.grad} of our module and of the reference."""
+    for name, expected in reference.items():
+        actual = ours.get(name)
+        if actual is None:
+            raise AssertionError(f"no gradient reached {name}: is it used in forward?")
+        expect_tensor(actual, expected, f"the gradient of {name}", atol=atol, rtol=rtol)
+
+
+class ForbiddenAPIError(AssertionError):
+    """Code under test called (or names) an API the exercise forbids."""
+
+
+def forbidden_names_in(source: str, names) -> list[tuple[int, str]]:
+    """(line, name) for each attribute access, import or name in `source` that is in `names`.
+
+    A function the learner defines with a forbidden name (`def scaled_dot_product_attention`)
+    is not a use of it; `F.scaled_dot_product_attention` or importing it is.
+    """
+    names = set(names)
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in names:
+            found.append((node.lineno, node.attr))
+        elif isinstance(node, ast.ImportFrom):
+            found += [(node.lineno, a.name) for a in node.names if a.name in names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+            found.append((node.lineno, node.value))  # getattr(F, "scaled_dot_product_attention")
+    return sorted(found)
+
+
+def check_export_cells(names, history=None, directive: str = "#| export") -> None:
+    """Raise ForbiddenAPIError if an executed export cell of this kernel uses one of `names`.
+
+    `history` defaults to IPython's list of executed cell inputs (`In`), so a grade cell can
+    check every export cell run before it, imports included.
+    """
+    if history is None:
+        from IPython import get_ipython  # only inside a kernel
+
+        shell = get_ipython()
+        history = shell.user_ns.get("In", []) if shell is not None else []
+    for number, source in enumerate(history):
+        if not source.lstrip().startswith(directive):
+            continue
+        try:
+            uses = forbidden_names_in(source, names)
+        except SyntaxError:
+            continue  # the cell failed to run anyway
+        if uses:
+            line, name = uses[0]
+            raise ForbiddenAPIError(f"this exercise must not use {name} (execution {number}, line {line}): "
+                                    "write the computation yourself")
+
+
+@contextlib.contextmanager
+def tripwires(*targets):
+    """Within the block, calling any (module, attribute) target raises ForbiddenAPIError.
+
+    This catches a forbidden function reached indirectly (through a helper, `getattr`).
+    """
+    saved = []
+
+    def tripwire(qualname):
+        def refuse(*args, **kwargs):
+            raise ForbiddenAPIError(f"this exercise must not call {qualname}: write the computation yourself")
+        return refuse
+
+    try:
+        for owner, attribute in targets:
+            saved.append((owner, attribute, getattr(owner, attribute)))
+            setattr(owner, attribute, tripwire(f"{getattr(owner, '__name__', owner)}.{attribute}"))
+        yield
+    finally:
+        for owner, attribute, original in reversed(saved):
+            setattr(owner, attribute, original)
+
+
+def attention_tripwires():
+    """The library attention functions the attention exercises forbid."""
+    import torch.nn.functional as F
+
+    return tripwires((F, "scaled_dot_product_attention"), (F, "multi_head_attention_forward"),
+                     (torch.nn.MultiheadAttention, "forward"))
+
+
+ATTENTION_FORBIDDEN = ("scaled_dot_product_attention", "MultiheadAttention", "multi_head_attention_forward",
+                       "_scaled_dot_product_attention_math", "_scaled_dot_product_flash_attention",
+                       "_scaled_dot_product_efficient_attention", "flash_attn_func")
+"""Names the attention exercises may not use (checked in every export cell)."""

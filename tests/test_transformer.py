@@ -1,0 +1,259 @@
+"""Chapter 4: norms, feed-forward networks, RoPE and blocks, against PyTorch and HF transformers' Llama."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmcourse import attention as A
+from llmcourse import transformer as TR
+from llmcourse.course.checks import expect_tensor
+
+from transformers import LlamaConfig
+from transformers.models.llama import modeling_llama as hf_llama
+
+
+def llama_config(d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, layers=1, base=10000.0):
+    config = LlamaConfig(hidden_size=d_model, intermediate_size=d_ff, num_attention_heads=n_heads,
+                         num_key_value_heads=n_kv_heads, num_hidden_layers=layers, rms_norm_eps=1e-5,
+                         rope_theta=base, max_position_embeddings=256, vocab_size=97)
+    config._attn_implementation = "eager"
+    return config
+
+
+def randomise_norms(module):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.2)
+
+
+def compare_grads(ours, theirs, atol=1e-4):
+    ours_params = dict(ours.named_parameters())
+    for name, p in theirs.named_parameters():
+        expect_tensor(ours_params[name].grad, p.grad, f"the gradient of {name}", atol=atol, rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_matches_torch_and_llama(device, dtype):
+    torch.manual_seed(0)
+    ours = TR.RMSNorm(48, eps=1e-5, device=device)
+    randomise_norms(ours)
+    llama = hf_llama.LlamaRMSNorm(48, eps=1e-5).to(device)
+    llama.load_state_dict(ours.state_dict())
+    ours, llama = ours.to(dtype), llama.to(dtype)
+    x = (torch.randn(3, 5, 48, device=device) * 50).to(dtype)
+    expect_tensor(ours(x), llama(x), f"RMSNorm ({dtype}) vs LlamaRMSNorm", atol=0, rtol=0)
+    if dtype == torch.float32:
+        reference = torch.nn.RMSNorm(48, eps=1e-5, device=device)
+        reference.load_state_dict(ours.state_dict())
+        expect_tensor(ours(x), reference(x), "RMSNorm vs torch.nn.RMSNorm")
+        x64 = x.double()
+        formula = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5) * ours.weight.double()
+        expect_tensor(ours.double()(x64), formula, "RMSNorm in float64 vs the formula", atol=1e-12)
+
+
+def test_swiglu_and_feedforward_match_formulas(device):
+    torch.manual_seed(1)
+    config = llama_config(d_model=32, d_ff=88)
+    llama = hf_llama.LlamaMLP(config).to(device)
+    ours = TR.SwiGLU(32, 88, device=device)
+    ours.load_state_dict(llama.state_dict(), strict=True)
+    x = torch.randn(2, 5, 32, device=device, requires_grad=True)
+    x_hf = x.detach().clone().requires_grad_()
+    got, want = ours(x), llama(x_hf)
+    expect_tensor(got, want, "SwiGLU vs LlamaMLP")
+    gate = x.detach() @ ours.gate_proj.weight.T
+    formula = (gate * torch.sigmoid(gate) * (x.detach() @ ours.up_proj.weight.T)) @ ours.down_proj.weight.T
+    expect_tensor(got.detach(), formula, "SwiGLU vs its formula")
+    got.sum().backward()
+    want.sum().backward()
+    expect_tensor(x.grad, x_hf.grad, "the input gradient of SwiGLU")
+    compare_grads(ours, llama)
+    ffn = TR.FeedForward(16, 64, device=device)
+    y = torch.randn(4, 16, device=device)
+    expect_tensor(ffn(y), torch.nn.functional.gelu(y @ ffn.up_proj.weight.T + ffn.up_proj.bias) @ ffn.down_proj.weight.T
+                  + ffn.down_proj.bias, "FeedForward vs its formula")
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("head_dim, base", [(16, 10000.0), (64, 500000.0), (128, 10000.0)])
+def test_rope_matches_llama(device, head_dim, base):
+    config = llama_config(d_model=head_dim * 2, n_heads=2, n_kv_heads=1, base=base)
+    hf = hf_llama.LlamaRotaryEmbedding(config).to(device)
+    ours = TR.RotaryEmbedding(head_dim, base=base, device=device)
+    expect_tensor(ours.inv_freq, hf.inv_freq, "inv_freq", atol=0, rtol=0)
+    assert "inv_freq" not in ours.state_dict()
+    positions = torch.stack([torch.arange(0, 40), torch.arange(200, 240)]).to(device)
+    x = torch.randn(2, 3, 40, head_dim, device=device)
+    (cos, sin), (hcos, hsin) = ours(x, positions), hf(x, positions)
+    expect_tensor(cos, hcos, "cos", atol=0, rtol=0)
+    expect_tensor(sin, hsin, "sin", atol=0, rtol=0)
+    k = torch.randn_like(x)
+    hq, hk = hf_llama.apply_rotary_pos_emb(x, k, hcos, hsin)
+    expect_tensor(TR.apply_rope(x, cos, sin), hq, "apply_rope(q)")
+    expect_tensor(TR.apply_rope(k, cos, sin), hk, "apply_rope(k)")
+    expect_tensor(TR.rotate_half(x), hf_llama.rotate_half(x), "rotate_half", atol=0, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(0, 4000), n=st.integers(0, 4000), shift=st.integers(-2000, 2000), seed=st.integers(0, 10**6))
+def test_rope_scores_depend_only_on_the_offset(m, n, shift, seed):
+    """<RoPE(q, m), RoPE(k, n)> = <RoPE(q, m + s), RoPE(k, n + s)> for every shift s."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(1, 1, 1, 64, generator=g, dtype=torch.float64), torch.randn(1, 1, 1, 64, generator=g, dtype=torch.float64)
+    m2, n2 = m + shift, n + shift
+    if min(m2, n2) < 0:
+        return
+    rope = TR.RotaryEmbedding(64)
+
+    def score(a, b):
+        ca, sa = rope(q, torch.tensor([a]))
+        cb, sb = rope(k, torch.tensor([b]))
+        return (TR.apply_rope(q, ca, sa) * TR.apply_rope(k, cb, sb)).sum().item()
+
+    # the angles are float32 as in Llama: their rounding error grows with the position
+    tolerance = 2e-6 * (1 + max(m, n, m2, n2)) * (q.norm() * k.norm()).item()
+    assert abs(score(m, n) - score(m2, n2)) < tolerance
+    assert abs(score(m, m) - (q * k).sum().item()) < tolerance, "equal positions: the rotation cancels"
+
+
+def test_rope_preserves_norms_and_checks_shapes():
+    rope = TR.RotaryEmbedding(32)
+    x = torch.randn(2, 4, 10, 32)
+    cos, sin = rope(x, torch.arange(10))
+    assert cos.shape == (10, 32)
+    expect_tensor(TR.apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1), "norms after rotation")
+    with pytest.raises(ValueError):
+        TR.rope_inv_freq(33)
+    with pytest.raises(ValueError):
+        TR.apply_rope(torch.randn(1, 1, 10, 16), cos, sin)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("n_heads, n_kv_heads", [(4, 4), (4, 2), (4, 1), (8, 2)])
+def test_decoder_block_matches_llama_decoder_layer(device, n_heads, n_kv_heads):
+    torch.manual_seed(2)
+    config = llama_config(d_model=64, n_heads=n_heads, n_kv_heads=n_kv_heads)
+    hf = hf_llama.LlamaDecoderLayer(config, layer_idx=0).to(device)
+    randomise_norms(hf)
+    ours = TR.DecoderBlock(64, n_heads, n_kv_heads, 128, eps=1e-5, device=device)
+    ours.load_state_dict(hf.state_dict(), strict=True)  # the names are Llama's: a 1:1 map
+    T = 13
+    x = torch.randn(2, T, 64, device=device, requires_grad=True)
+    x_hf = x.detach().clone().requires_grad_()
+    positions = torch.arange(T, device=device)[None].expand(2, T)
+    lengths = torch.tensor([T, 8], device=device)
+    keep = (torch.arange(T, device=device)[None] < lengths[:, None])[:, None, None, :] & A.causal_mask(T, device=device)
+    got = ours(x, TR.RotaryEmbedding(64 // n_heads, device=device)(x, positions), mask=keep)
+    want = hf(x_hf, attention_mask=A.additive_mask(keep), position_embeddings=hf_llama.LlamaRotaryEmbedding(config).to(device)(x_hf, positions))
+    want = want[0] if isinstance(want, tuple) else want
+    expect_tensor(got, want, f"DecoderBlock {n_heads}/{n_kv_heads} vs LlamaDecoderLayer")
+    g = torch.randn_like(want)
+    got.backward(g)
+    want.backward(g)
+    expect_tensor(x.grad, x_hf.grad, "the input gradient", atol=1e-4)
+    compare_grads(ours, hf)
+
+
+@pytest.mark.parity
+def test_a_stack_of_blocks_is_a_llama_model():
+    """Llama = embedding, blocks, final RMSNorm: our blocks reproduce LlamaModel's hidden states."""
+    torch.manual_seed(3)
+    config = llama_config(layers=3)
+    hf = hf_llama.LlamaModel(config).eval()
+    randomise_norms(hf)
+    blocks = torch.nn.ModuleList(TR.DecoderBlock(64, 4, 2, 128, eps=1e-5) for _ in range(3))
+    blocks.load_state_dict(hf.layers.state_dict(), strict=True)
+    final_norm = TR.RMSNorm(64, eps=1e-5)
+    final_norm.load_state_dict(hf.norm.state_dict())
+    ids = torch.randint(0, 97, (2, 17))
+    with torch.no_grad():
+        want = hf(input_ids=ids).last_hidden_state
+        h = hf.embed_tokens(ids)
+        rope = TR.RotaryEmbedding(16)(h, torch.arange(17))
+        for block in blocks:
+            h = block(h, rope)
+        got = final_norm(h)
+    expect_tensor(got, want, "three DecoderBlocks + RMSNorm vs LlamaModel")
+
+
+@pytest.mark.gpu
+@pytest.mark.parity
+def test_decoder_block_bf16_on_cuda():
+    torch.manual_seed(4)
+    config = llama_config(d_model=128, n_heads=8, n_kv_heads=2, d_ff=256)
+    hf = hf_llama.LlamaDecoderLayer(config, layer_idx=0).to("cuda", torch.bfloat16)
+    ours = TR.DecoderBlock(128, 8, 2, 256, eps=1e-5, device="cuda", dtype=torch.bfloat16)
+    ours.load_state_dict(hf.state_dict())
+    x = torch.randn(2, 40, 128, device="cuda", dtype=torch.bfloat16)
+    positions = torch.arange(40, device="cuda")[None].expand(2, 40)
+    causal = A.additive_mask(A.causal_mask(40, device="cuda"), torch.bfloat16)[None, None]
+    with torch.no_grad():
+        want = hf(x, attention_mask=causal, position_embeddings=hf_llama.LlamaRotaryEmbedding(config).to("cuda")(x, positions))
+        want = want[0] if isinstance(want, tuple) else want
+        got = ours(x, TR.RotaryEmbedding(16, device="cuda")(x, positions))
+    expect_tensor(got, want, "bf16 DecoderBlock on CUDA", atol=5e-2, rtol=5e-2)
+
+
+def copy_torch_attention(ours, theirs):
+    with torch.no_grad():
+        for i, proj in enumerate([ours.q_proj, ours.k_proj, ours.v_proj]):
+            proj.weight.copy_(theirs.in_proj_weight.chunk(3)[i])
+            proj.bias.copy_(theirs.in_proj_bias.chunk(3)[i])
+        ours.o_proj.load_state_dict(theirs.out_proj.state_dict())
+
+
+def copy_torch_layer(ours, theirs):
+    copy_torch_attention(ours.self_attn, theirs.self_attn)
+    if hasattr(theirs, "multihead_attn"):
+        copy_torch_attention(ours.cross_attn, theirs.multihead_attn)
+    ours.mlp.up_proj.load_state_dict(theirs.linear1.state_dict())
+    ours.mlp.down_proj.load_state_dict(theirs.linear2.state_dict())
+    for name in ("norm1", "norm2", "norm3"):
+        if hasattr(theirs, name):
+            getattr(ours, name).load_state_dict(getattr(theirs, name).state_dict())
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_block_matches_torch(device, norm_first):
+    torch.manual_seed(5)
+    reference = torch.nn.TransformerEncoderLayer(64, 8, 256, dropout=0.0, activation="gelu", batch_first=True,
+                                                 norm_first=norm_first, device=device)
+    randomise_norms(reference)
+    ours = TR.EncoderBlock(64, 8, 256, norm_first=norm_first, device=device)
+    copy_torch_layer(ours, reference)
+    x = torch.randn(3, 9, 64, device=device, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    keep = torch.arange(9, device=device)[None] < torch.tensor([9, 5, 1], device=device)[:, None]
+    got = ours(x, mask=A.padding_mask(keep))
+    want = reference(x_ref, src_key_padding_mask=~keep)
+    expect_tensor(got, want, f"EncoderBlock(norm_first={norm_first})")
+    got.square().sum().backward()
+    want.square().sum().backward()
+    expect_tensor(x.grad, x_ref.grad, "the input gradient", atol=1e-4)
+    expect_tensor(ours.mlp.up_proj.weight.grad, reference.linear1.weight.grad, "the gradient of mlp.up_proj", atol=1e-4)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cross_attention_decoder_block_matches_torch(device, norm_first):
+    torch.manual_seed(6)
+    reference = torch.nn.TransformerDecoderLayer(64, 8, 256, dropout=0.0, activation="gelu", batch_first=True,
+                                                 norm_first=norm_first, device=device)
+    randomise_norms(reference)
+    ours = TR.CrossAttentionDecoderBlock(64, 8, 256, norm_first=norm_first, device=device)
+    copy_torch_layer(ours, reference)
+    x = torch.randn(2, 7, 64, device=device, requires_grad=True)
+    memory = torch.randn(2, 11, 64, device=device, requires_grad=True)
+    x_ref, memory_ref = (t.detach().clone().requires_grad_() for t in (x, memory))
+    keep = torch.arange(11, device=device)[None] < torch.tensor([11, 4], device=device)[:, None]
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(7, device=device)
+    got = ours(x, memory, memory_mask=A.padding_mask(keep))
+    want = reference(x_ref, memory_ref, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=~keep)
+    expect_tensor(got, want, f"CrossAttentionDecoderBlock(norm_first={norm_first})")
+    got.square().sum().backward()
+    want.square().sum().backward()
+    expect_tensor(memory.grad, memory_ref.grad, "the gradient of memory", atol=1e-4)
+    expect_tensor(ours.cross_attn.v_proj.weight.grad, reference.multihead_attn.in_proj_weight.grad.chunk(3)[2],
+                  "the gradient of cross_attn.v_proj", atol=1e-4)

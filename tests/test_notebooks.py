@@ -76,3 +76,35 @@ def test_check_command_scores_a_notebook(root):
                            cwd=root, capture_output=True, text=True)
     assert blank.returncode == 1 and blank.stdout.count("FAIL") == n_graded, blank.stdout + blank.stderr
     assert chapter.exercise_path(root).read_bytes() == before, "check must never modify the notebook"
+
+
+def replace_in_cell(notebook, cell_id: str, old: str, new: str) -> None:
+    cell = next(c for c in notebook.cells if c.get("id") == cell_id)
+    assert old in cell.source, f"{old!r} is not in cell {cell_id}"
+    cell.source = cell.source.replace(old, new)
+
+
+@pytest.mark.slow
+def test_library_attention_scores_zero(root, tmp_path):
+    """Using F.scaled_dot_product_attention, by name or disguised, zeroes the exercises it serves."""
+    from llmcourse.course.chapters import chapter_by_assignment
+
+    chapter = chapter_by_assignment("03-attention")
+    submissions = {}
+    named = nbformat.read(str(chapter.solution_path(root)), as_version=4)
+    replace_in_cell(named, "ex3-mha", "out = self.attend(q, k, v, mask=mask, is_causal=is_causal)",
+                    "out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)")
+    disguised = nbformat.read(str(chapter.solution_path(root)), as_version=4)
+    replace_in_cell(disguised, "ex1-attention", "return attention_weights(q, k, mask, scale) @ v",
+                    "return getattr(torch.nn.functional, 'scaled_dot_' + 'product_attention')(q, k, v, attn_mask=mask)")
+    for name, notebook in [("named", named), ("disguised", disguised)]:
+        path = tmp_path / name / f"{chapter.notebook}.ipynb"
+        path.parent.mkdir()
+        nbformat.write(notebook, str(path))
+        submissions[name] = path
+    scores = nbgrader_tools.autograde(root, chapter, submissions)
+    got = {student: {c.grade_id: c.score for c in cells} for student, cells in scores.items()}
+    # named in MultiHeadAttention: its exercise and GQA (which inherits its forward) lose their points
+    assert got["named"] == {"ex1-tests": 3, "ex2-tests": 2, "ex3-tests": 0, "ex4-tests": 0, "ex5-tests": 1}
+    # reached at run time from scaled_dot_product_attention: every exercise that calls it
+    assert got["disguised"] == {"ex1-tests": 0, "ex2-tests": 0, "ex3-tests": 0, "ex4-tests": 0, "ex5-tests": 1}

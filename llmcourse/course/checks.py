@@ -68,15 +68,18 @@ class ForbiddenAPIError(AssertionError):
     """Code under test called (or names) an API the exercise forbids."""
 
 
-def forbidden_names_in(source: str, names) -> list[tuple[int, str]]:
-    """(line, name) for each attribute access, import or name in `source` that is in `names`.
+def forbidden_names_in(source, names) -> list[tuple[int, str]]:
+    """(line, name) for each attribute access, import or string in `source` that is in `names`.
+
+    `source` is Python text or an already parsed tree.
 
     A function the learner defines with a forbidden name (`def scaled_dot_product_attention`)
     is not a use of it; `F.scaled_dot_product_attention` or importing it is.
     """
     names = set(names)
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source) if isinstance(source, str) else source
+    for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in names:
             found.append((node.lineno, node.attr))
         elif isinstance(node, ast.ImportFrom):
@@ -86,11 +89,28 @@ def forbidden_names_in(source: str, names) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def check_export_cells(names, history=None, directive: str = "#| export") -> None:
+def forbidden_uses_in_cell(source: str, names, defines=None) -> list[tuple[int, str]]:
+    """Forbidden uses in one export cell that count against the functions/classes `defines`.
+
+    Top-level code (imports, constants) counts against every exercise; the body of a def or
+    class counts only if it defines one of `defines` (all of them when `defines` is None).
+    """
+    tree = ast.parse(source)
+    found = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if defines is not None and node.name not in defines:
+                continue
+        found += forbidden_names_in(ast.Module(body=[node], type_ignores=[]), names)
+    return sorted(found)
+
+
+def check_export_cells(names, defines=None, history=None, directive: str = "#| export") -> None:
     """Raise ForbiddenAPIError if an executed export cell of this kernel uses one of `names`.
 
-    `history` defaults to IPython's list of executed cell inputs (`In`), so a grade cell can
-    check every export cell run before it, imports included.
+    Only the definitions of `defines` (and top-level code) are checked, so a forbidden call in
+    one exercise does not cost the others. `history` defaults to IPython's list of executed
+    cell inputs (`In`), so a grade cell checks every export cell run before it.
     """
     if history is None:
         from IPython import get_ipython  # only inside a kernel
@@ -101,13 +121,13 @@ def check_export_cells(names, history=None, directive: str = "#| export") -> Non
         if not source.lstrip().startswith(directive):
             continue
         try:
-            uses = forbidden_names_in(source, names)
+            uses = forbidden_uses_in_cell(source, names, defines)
         except SyntaxError:
             continue  # the cell failed to run anyway
         if uses:
             line, name = uses[0]
-            raise ForbiddenAPIError(f"this exercise must not use {name} (execution {number}, line {line}): "
-                                    "write the computation yourself")
+            raise ForbiddenAPIError(f"this exercise must not use {name} (line {line} of the export cell "
+                                    f"run as In[{number}]): write the computation yourself")
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from llmcourse import attention as A
 from llmcourse.course.checks import ATTENTION_FORBIDDEN, attention_tripwires, expect_tensor, forbidden_names_in
+from llmcourse.course.torch_weights import copy_torch_attention
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
@@ -98,21 +99,12 @@ def test_kv_cache_steps_equal_full_causal_attention():
         expect_tensor(part, full[:, :, start:], f"queries {start}.. against all keys")
 
 
-def copy_from_torch_mha(ours, theirs):
-    with torch.no_grad():
-        for i, proj in enumerate([ours.q_proj, ours.k_proj, ours.v_proj]):
-            proj.weight.copy_(theirs.in_proj_weight.chunk(3)[i])
-            proj.bias.copy_(theirs.in_proj_bias.chunk(3)[i])
-        ours.o_proj.weight.copy_(theirs.out_proj.weight)
-        ours.o_proj.bias.copy_(theirs.out_proj.bias)
-
-
 @pytest.mark.parametrize("d_model, n_heads", [(64, 8), (48, 3), (16, 1)])
 def test_multi_head_attention_matches_torch(device, d_model, n_heads):
     torch.manual_seed(4)
     reference = torch.nn.MultiheadAttention(d_model, n_heads, batch_first=True, device=device)
     ours = A.MultiHeadAttention(d_model, n_heads, device=device)
-    copy_from_torch_mha(ours, reference)
+    copy_torch_attention(ours, reference)
     x = torch.randn(3, 7, d_model, device=device)
     context = torch.randn(3, 5, d_model, device=device)
     lengths = torch.tensor([5, 3, 1], device=device)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from llmcourse import attention as A
 from llmcourse import transformer as TR
 from llmcourse.course.checks import expect_tensor
+from llmcourse.course.torch_weights import copy_torch_layer
 
 from transformers import LlamaConfig
 from transformers.models.llama import modeling_llama as hf_llama
@@ -195,25 +196,6 @@ def test_decoder_block_bf16_on_cuda():
         want = want[0] if isinstance(want, tuple) else want
         got = ours(x, TR.RotaryEmbedding(16, device="cuda")(x, positions))
     expect_tensor(got, want, "bf16 DecoderBlock on CUDA", atol=5e-2, rtol=5e-2)
-
-
-def copy_torch_attention(ours, theirs):
-    with torch.no_grad():
-        for i, proj in enumerate([ours.q_proj, ours.k_proj, ours.v_proj]):
-            proj.weight.copy_(theirs.in_proj_weight.chunk(3)[i])
-            proj.bias.copy_(theirs.in_proj_bias.chunk(3)[i])
-        ours.o_proj.load_state_dict(theirs.out_proj.state_dict())
-
-
-def copy_torch_layer(ours, theirs):
-    copy_torch_attention(ours.self_attn, theirs.self_attn)
-    if hasattr(theirs, "multihead_attn"):
-        copy_torch_attention(ours.cross_attn, theirs.multihead_attn)
-    ours.mlp.up_proj.load_state_dict(theirs.linear1.state_dict())
-    ours.mlp.down_proj.load_state_dict(theirs.linear2.state_dict())
-    for name in ("norm1", "norm2", "norm3"):
-        if hasattr(theirs, name):
-            getattr(ours, name).load_state_dict(getattr(theirs, name).state_dict())
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

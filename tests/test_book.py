@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from llmcourse.course.chapters import CHAPTERS
+
 pytestmark = [pytest.mark.course_infra, pytest.mark.slow]
 
 
@@ -21,9 +23,13 @@ def test_book_builds_with_figures_and_exercises(root, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     html = tmp_path / "_build" / "html"
     assert (html / "index.html").exists()
-    chapter = (html / "book" / "01-tokenizers.html").read_text(encoding="utf-8")
-    figures = re.findall(r'<img[^>]+src="([^"]+\.png)"', chapter)
-    assert len(figures) >= 2, "chapter 1 should show at least two executed figures"
-    assert all((html / "book" / src).resolve().exists() for src in figures)
-    exercise = (html / "exercises" / "01-tokenizers" / "tokenizers.html").read_text(encoding="utf-8")
-    assert "YOUR CODE HERE" in exercise and "Exercise 1" in exercise
+    for chapter in CHAPTERS:
+        page = html / "book" / f"{chapter.assignment}.html"
+        assert page.exists(), f"{page.name} is missing: every chapter has a prose page book/{chapter.assignment}.md"
+        text = page.read_text(encoding="utf-8")
+        figures = re.findall(r'<img[^>]+src="([^"]+\.png)"', text)
+        assert len(figures) >= 2, f"chapter {chapter.number} should show at least two executed figures"
+        assert all((page.parent / src).resolve().exists() for src in figures)
+        assert f"exercises/{chapter.assignment}/{chapter.notebook}.html" in text, "the chapter points to its exercises"
+        exercise = (html / "exercises" / chapter.assignment / f"{chapter.notebook}.html").read_text(encoding="utf-8")
+        assert "YOUR CODE HERE" in exercise and "Exercise 1" in exercise

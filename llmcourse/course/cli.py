@@ -1,7 +1,7 @@
 """The course's command line: `python -m llmcourse <command>` (or `./course <command>`).
 
 Learners:    check, export, test, corpus
-Instructors: generate (exercises/ and the reference package from solutions/)
+Instructors: generate (exercises/ and the reference package from solutions/), grade (a class)
 """
 from __future__ import annotations
 
@@ -61,31 +61,112 @@ def cmd_test(args) -> int:
     return run_package_tests(args.package, test_files, args.pytest_args)
 
 
+def notebook_chapter(path: Path):
+    """The chapter of a learner's notebook: its folder name, else its file name."""
+    chapter = chapter_of_notebook(path)
+    if chapter is None:
+        chapter = next((c for c in CHAPTERS if path.name == f"{c.notebook}.ipynb"), None)
+    return chapter
+
+
+def package_test_report(root: Path, chapter, notebook: Path) -> tuple[list[tuple[str, str, str]], str]:
+    """Export the notebook's chapter into a package (other chapters: the reference) and run its tests.
+
+    Returns [(test, "pass" | "FAIL", first line of the failure)] and a note when it could not run.
+    """
+    import shutil
+    import tempfile
+    import xml.etree.ElementTree as ET
+
+    from .export import export_package
+
+    with tempfile.TemporaryDirectory(prefix="llmcourse-check-") as scratch:
+        out = Path(scratch) / "package"
+        try:
+            package = export_package([notebook], out)
+        except ExportError as error:
+            return [], f"your export cells cannot be exported: {error}"
+        for other in CHAPTERS:
+            for module in other.modules:
+                if other is not chapter and not (package / f"{module}.py").exists():
+                    shutil.copy2(root / "llmcourse" / f"{module}.py", package / f"{module}.py")
+        report = Path(scratch) / "report.xml"
+        env = dict(os.environ, LLMCOURSE_PACKAGE=str(out))
+        files = [str(root / "tests" / f) for f in chapter.test_files]
+        subprocess.run([sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
+                        f"--junitxml={report}", "-m", "not slow"], cwd=root, env=env, capture_output=True, text=True)
+        if not report.exists():
+            return [], "the package tests did not run"
+        outcome: dict[str, tuple[str, str]] = {}
+        for case in ET.parse(report).getroot().iter("testcase"):
+            name = case.get("name", "").split("[")[0]
+            failure = case.find("failure")
+            if failure is None:
+                failure = case.find("error")
+            if case.find("skipped") is not None:
+                continue
+            if failure is not None:
+                message = (failure.get("message") or "").strip().splitlines()
+                outcome[name] = ("FAIL", message[0][:160] if message else "")
+            else:
+                outcome.setdefault(name, ("pass", ""))
+        return [(name, result, message) for name, (result, message) in outcome.items()], ""
+
+
 def cmd_check(args) -> int:
-    from .nbgrader_tools import autograde
+    from .grading import check_limits_from, grade_notebook
     root = repo_root()
-    failures = 0
-    for name in args.notebooks:
-        path = Path(name)
-        chapter = chapter_of_notebook(path)
+    paths = [Path(p) for p in args.notebooks]
+    if args.all or not paths:
+        paths = [c.exercise_path(root) for c in CHAPTERS]
+    limits = check_limits_from(args)
+    failed = False
+    for path in paths:
+        chapter = notebook_chapter(path)
         if chapter is None:
-            known = ", ".join(c.assignment for c in CHAPTERS)
-            print(f"{path}: not in a chapter folder ({known}); keep the notebook in its chapter folder")
+            known = ", ".join(f"{c.assignment}/{c.notebook}.ipynb" for c in CHAPTERS)
+            print(f"{path}: not a chapter notebook; the chapters are {known}")
             return 2
         if not path.is_file():
             print(f"{path}: no such notebook")
             return 2
-        scores = autograde(root, chapter, {"me": path})["me"]
-        print(f"\n{path}  (chapter {chapter.number}: {chapter.title}; hidden tests included)")
-        print(f"  {'exercise':<22} {'points':>9}  result")
-        total = possible = 0.0
-        for cell in scores:
-            ok = cell.score >= cell.max_score
-            failures += not ok
-            total, possible = total + cell.score, possible + cell.max_score
-            print(f"  {cell.grade_id:<22} {cell.score:>4g} / {cell.max_score:<3g} {'pass' if ok else 'FAIL'}")
-        print(f"  {'total':<22} {total:>4g} / {possible:<3g}")
-    return 1 if failures else 0
+        hidden = chapter.solution_path(root).is_file()
+        result = grade_notebook(root, chapter, path, limits)
+        label = "hidden tests included" if hidden else "visible tests only: solutions/ is not in this copy"
+        print(f"\n{path}  (chapter {chapter.number}: {chapter.title}; {label})")
+        print(f"  {'exercise':<14} {'points':>9}  result")
+        for exercise in result.exercises:
+            failed |= not exercise.passed
+            print(f"  {exercise.grade_id:<14} {exercise.score:>4g} / {exercise.max_score:<3g} "
+                  f"{'pass' if exercise.passed else 'FAIL'}")
+            for line in exercise.message.splitlines():
+                print(f"  {'':<14}   | {line[:150]}")
+        print(f"  {'total':<14} {result.score:>4g} / {result.max_score:<3g}")
+        for finding in result.findings:
+            print(f"  note: {finding.message}")
+        if args.no_package:
+            continue
+        tests, problem = package_test_report(root, chapter, path)
+        modules = ", ".join(f"llmcourse.{m}" for m in chapter.modules)
+        print(f"\n  package tests of your {modules} ({', '.join(chapter.test_files)}, in a separate process):")
+        if problem:
+            failed = True
+            print(f"  FAIL: {problem}")
+        for name, outcome, message in tests:
+            failed |= outcome != "pass"
+            print(f"  {outcome:<4}  {name}" + (f"\n        | {message}" if message else ""))
+    return 1 if failed else 0
+
+
+def cmd_grade(args) -> int:
+    from .grading import check_limits_from, grade_class, print_report
+    root = repo_root()
+    chapter = chapter_by_assignment(args.assignment)
+    print(f"grading {chapter.assignment} from {args.submissions} with {args.jobs} worker(s)")
+    report = grade_class(root, chapter, Path(args.submissions), check_limits_from(args), jobs=args.jobs,
+                         feedback=not args.no_feedback)
+    print_report(report)
+    return 0
 
 
 def cmd_corpus(args) -> int:
@@ -135,9 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chapter", action="append", help="only this chapter's tests, e.g. 01-tokenizers (repeatable)")
     p.set_defaults(run=cmd_test, pass_through=True)  # other arguments go to pytest
 
-    p = sub.add_parser("check", help="learners: grade your notebook in a fresh kernel and print the score")
-    p.add_argument("notebooks", nargs="+", help="e.g. exercises/01-tokenizers/tokenizers.ipynb")
+    p = sub.add_parser("check", help="learners: grade your notebook(s) in a fresh kernel, then test your package")
+    p.add_argument("notebooks", nargs="*", help="e.g. exercises/01-tokenizers/tokenizers.ipynb (default: all chapters)")
+    p.add_argument("--all", action="store_true", help="every chapter's notebook in exercises/")
+    p.add_argument("--timeout", type=float, help="seconds per cell (default 120)")
+    p.add_argument("--memory-gb", type=float, help="memory limit of the kernel in GiB (default 8)")
+    p.add_argument("--no-package", action="store_true", help="skip exporting and testing your package")
     p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("grade", help="instructors: grade a folder of submissions (or LMS zip files) for one chapter")
+    p.add_argument("assignment", help="e.g. 01-tokenizers")
+    p.add_argument("submissions", help="folder of <student>/<assignment>/<notebook>.ipynb, <student>/*.ipynb or zips")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="submissions run at once (default: cores)")
+    p.add_argument("--timeout", type=float, help="seconds per cell (default 120)")
+    p.add_argument("--memory-gb", type=float, help="memory limit of each kernel in GiB (default 8)")
+    p.add_argument("--no-feedback", action="store_true", help="skip nbgrader generate_feedback")
+    p.set_defaults(run=cmd_grade)
 
     p = sub.add_parser("train-tokenizer", help="train byte-level BPE on your text file (or the generated corpus)")
     p.add_argument("--text", help="a UTF-8 text file (default: the generated corpus)")
@@ -166,7 +260,7 @@ def main(argv=None) -> int:
     args.pytest_args = rest
     try:
         return args.run(args)
-    except (ExportError, FileNotFoundError, KeyError, ValueError) as error:
+    except (ExportError, FileNotFoundError, KeyError, ValueError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) else str(error)
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-from .sandbox import INTEGRITY_MARKER, POLICY_ENV
+from .sandbox import INTEGRITY_MARKER, POLICY_ENV, REFUSED
 
 KERNEL_NAME = "llmcourse-sandbox"
 GIB = 2**30
@@ -125,7 +126,7 @@ def execute(notebook, workdir: Path, limits: Limits, protected_paths=(), blocked
 async def _run(client: LimitedClient, notebook, code_cells, limits: Limits, events: list[CellEvent]) -> None:
     stopped = None  # why the kernel is gone, once it is
     try:
-        async with client.async_setup_kernel():
+        async with client.async_setup_kernel(stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL):
             await _run_cells(client, notebook, code_cells, limits, events)
     except RuntimeError as error:  # the kernel did not start
         reason = f"the grading kernel did not start: {error}"
@@ -200,9 +201,12 @@ def record_cell_findings(client: LimitedClient, cell, index: int, events: list[C
     dropped = client.dropped.get(index)
     if dropped:
         note = f"[output truncated: {dropped:,} bytes over the limit of {client.output_bytes:,} per cell were dropped]\n"
-        cell.outputs.append(nbformat.v4.new_output("stream", name="stderr", text=note))
+        # stdout: nbgrader gives zero to a grade cell with any stderr output
+        cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text=note))
         events.append(CellEvent(index, "truncated", note.strip()))
     for output in cell.outputs:
+        if output.output_type == "error" and str(output.get("evalue", "")).startswith(REFUSED):
+            events.append(CellEvent(index, "integrity", f"{output.ename}: {output.evalue}"))
         text = output.get("text", "") if output.output_type == "stream" else ""
         for line in text.splitlines():
             if line.startswith(INTEGRITY_MARKER):

@@ -28,6 +28,7 @@ import sys
 
 POLICY_ENV = "LLMCOURSE_SANDBOX"
 INTEGRITY_MARKER = "LLMCOURSE-INTEGRITY:"
+REFUSED = "grading: "  # how every refusal of the policy starts; the grader zeroes the exercise
 
 # Functions and classes a grade cell relies on; checked after every cell.
 WATCHED = {
@@ -103,7 +104,7 @@ class BlockModules:
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname in self.names:
-            raise ImportError(f"grading: importing {fullname} (the reference solution of this chapter) "
+            raise ImportError(f"{REFUSED}importing {fullname} (the reference solution of this chapter) "
                               "is not allowed; write it yourself")
         return None
 
@@ -119,24 +120,24 @@ def make_audit_hook(policy: dict):
         if event in FILE_EVENTS:
             for path in _paths_of(event, args):
                 if is_protected(path):
-                    raise PermissionError(f"grading: access to {path} is not allowed (it belongs to the grader "
+                    raise PermissionError(f"{REFUSED}access to {path} is not allowed (it belongs to the grader "
                                           "or to other students)")
         elif event in PROCESS_EVENTS or event.startswith("os.spawn") or event.startswith("os.exec"):
-            raise PermissionError(f"grading: starting programs or processes ({event}) is not allowed")
+            raise PermissionError(f"{REFUSED}starting programs or processes ({event}) is not allowed")
         elif event == "resource.setrlimit":
-            raise PermissionError("grading: changing resource limits is not allowed")
+            raise PermissionError(REFUSED + "changing resource limits is not allowed")
         elif event in {"socket.connect", "socket.sendto", "socket.getaddrinfo"} and not allow_network:
             address = args[1] if event != "socket.getaddrinfo" else args[0]
             host = address[0] if isinstance(address, tuple) else address
             if isinstance(host, bytes):
                 host = host.decode(errors="replace")
             if isinstance(host, str) and host and not host.startswith(LOOPBACK) and not host.startswith("/"):
-                raise PermissionError(f"grading: network access ({host}) is not allowed")
+                raise PermissionError(f"{REFUSED}network access ({host}) is not allowed")
         elif event == "object.__setattr__":
             target = args[0]
             module = getattr(target, "__module__", "") or ""
             if isinstance(target, type) and module.startswith(PROTECTED_CLASS_MODULES) and from_submission():
-                raise PermissionError(f"grading: setting {target.__name__}.{args[1]} is not allowed "
+                raise PermissionError(f"{REFUSED}setting {target.__name__}.{args[1]} is not allowed "
                                       "(tests rely on it)")
 
     return hook

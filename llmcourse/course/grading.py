@@ -1,0 +1,471 @@
+"""Grade notebooks: one for a learner (`check`), or a whole class on top of nbgrader (`grade`).
+
+One submission goes through four steps, each of which survives bad input:
+
+1. read it (a missing, empty, non-JSON or huge file is a zero with its reason);
+2. rebuild it on the instructor's notebook (submission.rebuild: restored grade cells, the
+   released order, tampering cells not run);
+3. execute it in the sandbox kernel in a scratch folder of its own (runner.execute: time,
+   memory, output and process limits; a crash stops the notebook there, and only there);
+4. score every grade cell as nbgrader does (an error or stderr output is zero), after turning
+   each integrity finding into an error in the grade cell of the exercise it concerns.
+
+For a class, step 3 runs in parallel (one kernel per core), and the grades are then recorded
+by one `nbgrader autograde` process with execution switched off, which reads the executed
+notebooks: nbgrader's gradebook, feedback and CSV export work as usual, and only one process
+ever writes the SQLite gradebook.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import csv
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import unicodedata
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from .chapters import Chapter
+from .runner import Limits, error_output, execute
+from .submission import Finding, UnreadableSubmission, exercise_of, load_submission, nbgrader_meta, rebuild
+
+PARSE_LOCK = threading.Lock()
+GRADING_DIR = "grading"  # the batch grader's working folder (git-ignored)
+MESSAGE_LINES = 3
+MAX_ZIP_BYTES = 512 * 2**20
+
+
+@dataclass
+class ExerciseResult:
+    grade_id: str
+    score: float
+    max_score: float
+    message: str = ""  # the first lines of what went wrong
+
+    @property
+    def passed(self) -> bool:
+        return self.score >= self.max_score
+
+
+@dataclass
+class SubmissionResult:
+    student: str
+    chapter: Chapter
+    exercises: list[ExerciseResult] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    executed: object = None  # the executed notebook, when there was one to execute
+
+    @property
+    def score(self) -> float:
+        return sum(e.score for e in self.exercises)
+
+    @property
+    def max_score(self) -> float:
+        return sum(e.max_score for e in self.exercises)
+
+    @property
+    def needs_review(self) -> list[str]:
+        return [f.message for f in self.findings if f.review]
+
+
+def sources(root: Path, chapter: Chapter) -> tuple[object, object, bool]:
+    """(instructor notebook, released notebook, hidden tests available)."""
+    release = nbformat.read(str(chapter.exercise_path(root)), as_version=4)
+    solution = chapter.solution_path(root)
+    if solution.is_file():
+        return nbformat.read(str(solution), as_version=4), release, True
+    return release, release, False
+
+
+def protected_paths(root: Path, chapter: Chapter, extra=()) -> list[Path]:
+    """What submitted code may not open: grading state, the solutions, this chapter's reference code."""
+    root = Path(root)
+    paths = [root / name for name in ("solutions", "submitted", "autograded", "feedback", "gradebook.db",
+                                      GRADING_DIR, "nbgrader_config.py", "source", "release")]
+    paths += [root / "llmcourse" / f"{module}.py" for module in chapter.modules]
+    return paths + [Path(p) for p in extra]
+
+
+def message_of(cell) -> str:
+    for output in cell.get("outputs", []):
+        if output.output_type == "error":
+            text = f"{output.ename}: {output.evalue}".strip().rstrip(":")
+            return "\n".join(re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()[:MESSAGE_LINES])
+        if output.output_type == "stream" and output.name == "stderr":
+            return "wrote to stderr (nbgrader gives zero): " + output.text.strip().splitlines()[0][:200]
+    return ""
+
+
+def score_notebook(notebook) -> list[ExerciseResult]:
+    """Every grade cell's score, as nbgrader's autograder computes it."""
+    from nbgrader.utils import determine_grade
+
+    results = []
+    for cell in notebook.cells:
+        meta = nbgrader_meta(cell)
+        if meta.get("grade") and cell.cell_type == "code":
+            score, max_score = determine_grade(cell)
+            score = 0.0 if score is None else float(score)
+            results.append(ExerciseResult(meta["grade_id"], score, float(max_score),
+                                          "" if score >= max_score else message_of(cell)))
+    return results
+
+
+def zero_results(source_nb, message: str) -> list[ExerciseResult]:
+    return [ExerciseResult(nbgrader_meta(c)["grade_id"], 0.0, float(nbgrader_meta(c).get("points", 0)), message)
+            for c in source_nb.cells if nbgrader_meta(c).get("grade") and c.cell_type == "code"]
+
+
+def explain_failures(notebook, result: SubmissionResult) -> None:
+    """Say which of the learner's own cells raised, next to the exercise that failed because of it."""
+    raised: dict[str, list[str]] = {}
+    for index, cell in enumerate(notebook.cells):
+        meta = nbgrader_meta(cell)
+        if cell.cell_type != "code" or meta.get("grade") or meta.get("locked"):
+            continue
+        for output in cell.get("outputs", []):
+            if output.output_type == "error" and output.ename not in {"NotImplementedError", "NotRun"}:
+                exercise = exercise_of(notebook, index)
+                line = f"{output.ename}: {output.evalue}".splitlines()[0][:200]
+                raised.setdefault(exercise, []).append(f"cell {index} raised {line}")
+                result.findings.append(Finding("error", f"cell {index} raised {line}", review=False, exercise=exercise))
+                break
+    for exercise in result.exercises:
+        if not exercise.passed and exercise.grade_id in raised:
+            exercise.message = "; ".join(raised[exercise.grade_id]) + "\n" + exercise.message
+
+
+def fail_exercise(notebook, grade_id: str, reason: str) -> None:
+    """Make the grade cell `grade_id` score zero, with the reason in its output."""
+    for cell in notebook.cells:
+        if nbgrader_meta(cell).get("grade_id") == grade_id and cell.cell_type == "code":
+            cell.outputs = [error_output("IntegrityError", reason)]
+
+
+def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limits, student: str = "me",
+                   extra_findings=()) -> SubmissionResult:
+    """Read, rebuild, execute and score one submission; never raises for anything in the file."""
+    source_nb, release_nb, _ = sources(root, chapter)
+    result = SubmissionResult(student, chapter, findings=list(extra_findings))
+    try:
+        submitted = load_submission(path, f"{chapter.notebook}.ipynb")
+    except UnreadableSubmission as unreadable:
+        result.findings.append(unreadable.finding)
+        result.exercises = zero_results(source_nb, unreadable.finding.message)
+        return result
+    with PARSE_LOCK:  # CPython's ast module is not safe to use from several threads at once
+        notebook, findings = rebuild(source_nb, release_nb, submitted, own_modules=chapter.modules)
+    result.findings += findings
+    with tempfile.TemporaryDirectory(prefix="llmcourse-run-") as workdir:
+        events = execute(notebook, Path(workdir), limits, protected_paths(root, chapter),
+                         blocked_modules=[f"llmcourse.{m}" for m in chapter.modules])
+    for event in events:
+        exercise = exercise_of(notebook, event.index)
+        if event.kind == "integrity" and "was not run because" in event.message:
+            continue  # a cell the rebuild already replaced; its finding is recorded
+        if event.kind == "integrity":
+            result.findings.append(Finding("integrity", f"cell {event.index}: {event.message}", exercise=exercise))
+        elif event.kind == "truncated":
+            result.findings.append(Finding("output", f"cell {event.index}: {event.message}", review=False))
+        elif event.kind in {"timeout", "died"}:
+            result.findings.append(Finding(event.kind, f"cell {event.index}: {event.message}", exercise=exercise))
+    for finding in result.findings:
+        if finding.kind == "integrity" and finding.exercise:
+            fail_exercise(notebook, finding.exercise, finding.message)
+    result.exercises = score_notebook(notebook)
+    explain_failures(notebook, result)
+    result.executed = notebook
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# A class: collect, run in parallel, record with nbgrader, report.
+
+
+def safe_student_id(name: str) -> str:
+    """A student id nbgrader and every file system accept: NFC, no separators or control characters."""
+    name = unicodedata.normalize("NFC", name).strip()
+    name = re.sub(r"[\\/:*?\"<>|\x00-\x1f]+", "_", name).strip(". ")
+    return name or "unnamed"
+
+
+def extract_zip(archive: Path, into: Path) -> list[Finding]:
+    """Unpack an LMS download safely: no absolute paths, no `..`, bounded size."""
+    findings = []
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            total = 0
+            for info in bundle.infolist():
+                name = info.filename
+                parts = Path(name).parts
+                if name.startswith(("/", "\\")) or ".." in parts or info.is_dir():
+                    if not info.is_dir():
+                        findings.append(Finding("invalid", f"{archive.name}: skipped unsafe path {name!r}"))
+                    continue
+                total += info.file_size
+                if total > MAX_ZIP_BYTES:
+                    findings.append(Finding("invalid", f"{archive.name}: more than {MAX_ZIP_BYTES >> 20} MB unpacked; "
+                                                       "the rest was skipped"))
+                    break
+                target = into.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with bundle.open(info) as source, open(target, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+    except zipfile.BadZipFile as error:
+        findings.append(Finding("invalid", f"{archive.name} is not a readable zip file: {error}"))
+    return findings
+
+
+@dataclass
+class Collected:
+    student: str
+    path: Path | None
+    findings: list[Finding]
+
+
+def collect(submissions: Path, chapter: Chapter, scratch: Path) -> list[Collected]:
+    """One entry per student found in `submissions`.
+
+    Layouts: `<student>/<assignment>/<notebook>.ipynb`, `<student>/<notebook>.ipynb`, and zip
+    files (`<student>.zip` holding either layout, or one archive holding `<student>/...`
+    folders, as learning-management systems export them).
+    """
+    submissions = Path(submissions)
+    if not submissions.is_dir():
+        raise FileNotFoundError(f"{submissions} is not a folder of submissions")
+    folders: dict[str, list[Path]] = {}
+    problems: dict[str, list[Finding]] = {}
+    for entry in sorted(submissions.iterdir()):
+        if entry.is_dir():
+            folders.setdefault(safe_student_id(entry.name), []).append(entry)
+        elif entry.suffix.lower() == ".zip":
+            unpacked = scratch / "unzipped" / entry.stem
+            found = extract_zip(entry, unpacked)
+            top = [p for p in unpacked.iterdir()] if unpacked.exists() else []
+            if top and all(p.is_dir() for p in top) and not any(p.name == chapter.assignment for p in top):
+                for folder in top:  # an archive of the whole class
+                    folders.setdefault(safe_student_id(folder.name), []).append(folder)
+                    problems.setdefault(safe_student_id(folder.name), []).extend(found)
+            else:  # one student's archive
+                student = safe_student_id(entry.stem)
+                folders.setdefault(student, []).append(unpacked)
+                problems.setdefault(student, []).extend(found)
+    collected = []
+    expected = f"{chapter.notebook}.ipynb"
+    for student, places in sorted(folders.items()):
+        findings = list(problems.get(student, []))
+        notebooks = sorted({p for place in places for p in place.rglob("*.ipynb")
+                            if ".ipynb_checkpoints" not in p.parts}, key=lambda p: (len(p.parts), str(p)))
+        chosen = next((p for p in notebooks if p.name == expected and p.parent.name == chapter.assignment), None)
+        chosen = chosen or next((p for p in notebooks if p.name == expected), None)
+        if chosen is None and len(notebooks) == 1:
+            chosen = notebooks[0]
+            findings.append(Finding("renamed", f"the notebook was named {chosen.name!r}; it was graded as {expected}"))
+        for other in notebooks:
+            if other != chosen:
+                findings.append(Finding("extra", f"an unexpected notebook {other.name!r} was ignored"))
+        collected.append(Collected(student, chosen, findings))
+    return collected
+
+
+def file_digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path):
+    """One `grade` at a time per course folder: the gradebook has one writer."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another `grade` is running in this course folder ({lock_path}); "
+                               "wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_gradebook(root: Path):
+    """nbgrader's Gradebook on the course's SQLite file (it runs `alembic` from this environment)."""
+    from nbgrader.api import Gradebook
+
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    return Gradebook(f"sqlite:///{Path(root) / 'gradebook.db'}")
+
+
+def ensure_assignment(root: Path, chapter: Chapter) -> None:
+    """Put the assignment into the course's gradebook (nbgrader generate_assignment, exercises/ untouched)."""
+    from nbgrader.api import MissingEntry
+
+    from .nbgrader_tools import nbgrader
+
+    with open_gradebook(root) as gradebook:
+        try:
+            assignment = gradebook.find_assignment(chapter.assignment)
+            if assignment.notebooks:
+                return
+        except MissingEntry:
+            pass
+    release = Path(root) / GRADING_DIR / "release"
+    result = nbgrader(["generate_assignment", chapter.assignment, "--force",
+                       f"--CourseDirectory.release_directory={release}"], cwd=Path(root))
+    if result.returncode != 0:
+        raise RuntimeError(f"nbgrader generate_assignment {chapter.assignment} failed:\n{result.stdout}\n{result.stderr}")
+
+
+def record_grades(root: Path, chapter: Chapter, executed_dir: Path, students: list[str]) -> str:
+    """One nbgrader autograde, execution off, over the executed notebooks: the only gradebook writer."""
+    from .nbgrader_tools import nbgrader
+
+    with open_gradebook(root) as gradebook:
+        for student in students:
+            gradebook.update_or_create_student(student)
+    if not any(executed_dir.glob(f"*/{chapter.assignment}/*.ipynb")):
+        return ""
+    result = nbgrader(["autograde", chapter.assignment, "--create", "--force",
+                       f"--CourseDirectory.submitted_directory={executed_dir}",
+                       "--ClearOutput.enabled=False", "--Execute.enabled=False"], cwd=Path(root))
+    return result.stdout + result.stderr
+
+
+def gradebook_scores(root: Path, chapter: Chapter, students) -> dict[str, float | None]:
+    from nbgrader.api import MissingEntry
+
+    scores = {}
+    with open_gradebook(root) as gradebook:
+        for student in students:
+            try:
+                scores[student] = gradebook.find_submission(chapter.assignment, student).score
+            except MissingEntry:
+                scores[student] = None
+    return scores
+
+
+@dataclass
+class ClassReport:
+    chapter: Chapter
+    results: list[SubmissionResult]
+    recorded: dict[str, float | None]
+    summary_path: Path
+    log: str = ""
+
+    def review(self) -> list[tuple[str, str]]:
+        items = [(r.student, message) for r in self.results for message in r.needs_review]
+        for r in self.results:
+            recorded = self.recorded.get(r.student)
+            if recorded is not None and abs(recorded - r.score) > 1e-9:
+                items.append((r.student, f"the gradebook recorded {recorded:g}, the grader computed {r.score:g}"))
+        return items
+
+
+def grade_class(root: Path, chapter: Chapter, submissions: Path, limits: Limits, jobs: int = 2,
+                feedback: bool = True, progress=print) -> ClassReport:
+    """Grade every submission in `submissions` for `chapter`; see the module docstring."""
+    root = Path(root)
+    work = root / GRADING_DIR / chapter.assignment
+    with exclusive(root / GRADING_DIR / ".lock"):
+        if work.exists():
+            shutil.rmtree(work)
+        executed_dir = work / "executed"
+        executed_dir.mkdir(parents=True)
+        ensure_assignment(root, chapter)
+        collected = collect(submissions, chapter, work)
+        # keep the raw submissions where nbgrader expects them
+        for item in collected:
+            if item.path is not None:
+                raw = root / "submitted" / item.student / chapter.assignment
+                raw.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(item.path, raw / f"{chapter.notebook}.ipynb")
+        gradebook = root / "gradebook.db"
+        before = file_digest(gradebook)
+        backup = work / "gradebook.before.db"
+        shutil.copy2(gradebook, backup)
+
+        def run(item: Collected) -> SubmissionResult:
+            try:
+                return grade_notebook(root, chapter, item.path, limits, item.student, item.findings)
+            except Exception as error:  # noqa: BLE001 (one submission must never stop the class)
+                source_nb, _, _ = sources(root, chapter)
+                result = SubmissionResult(item.student, chapter, findings=item.findings)
+                result.findings.append(Finding("error", f"the grader failed on this submission: "
+                                                        f"{type(error).__name__}: {error}"))
+                result.exercises = zero_results(source_nb, "not graded: the grader failed")
+                return result
+
+        results = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for result in pool.map(run, collected):
+                progress(f"  {result.student:<24} {result.score:>5g} / {result.max_score:<4g}"
+                         + ("  (needs a look)" if result.needs_review else ""))
+                results.append(result)
+        if file_digest(gradebook) != before:  # nothing may write the gradebook while submissions run
+            shutil.copy2(backup, gradebook)
+            for result in results:
+                result.findings.append(Finding("integrity", "the gradebook changed while submissions ran; "
+                                                            "it was restored from the copy taken before"))
+        for result in results:
+            if result.executed is not None:
+                target = executed_dir / result.student / chapter.assignment / f"{chapter.notebook}.ipynb"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                nbformat.write(result.executed, str(target))
+        log = record_grades(root, chapter, executed_dir, [r.student for r in results])
+        if feedback and any(r.executed is not None for r in results):
+            from .nbgrader_tools import nbgrader
+
+            done = nbgrader(["generate_feedback", chapter.assignment, "--force"], cwd=root)
+            log += done.stdout + done.stderr
+        recorded = gradebook_scores(root, chapter, [r.student for r in results])
+        report = ClassReport(chapter, results, recorded, work / "summary.csv", log)
+        write_summary(report)
+        return report
+
+
+def write_summary(report: ClassReport) -> None:
+    report.summary_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(report.summary_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        grade_ids = [e.grade_id for e in report.results[0].exercises] if report.results else []
+        writer.writerow(["student", "score", "max_score", *grade_ids, "needs_review"])
+        for r in report.results:
+            scores = {e.grade_id: e.score for e in r.exercises}
+            writer.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", *(f"{scores.get(g, 0):g}" for g in grade_ids),
+                             " | ".join(r.needs_review)])
+
+
+def print_report(report: ClassReport, out=print) -> None:
+    out(f"\n{report.chapter.assignment}: {len(report.results)} submission(s)")
+    out(f"  {'student':<24} {'score':>11}")
+    for r in report.results:
+        out(f"  {r.student:<24} {r.score:>5g} / {r.max_score:<4g}")
+    review = report.review()
+    if review:
+        out("\nneeds a human look:")
+        for student, message in review:
+            out(f"  {student}: {message}")
+    out(f"\nsummary: {report.summary_path}")
+
+
+def check_limits_from(args) -> Limits:
+    limits = Limits()
+    if getattr(args, "timeout", None):
+        limits.cell_timeout = float(args.timeout)
+    if getattr(args, "memory_gb", None):
+        limits.memory_bytes = int(float(args.memory_gb) * 2**30)
+    return limits
+

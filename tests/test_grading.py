@@ -248,7 +248,7 @@ def test_cheating_zeroes_the_exercise_and_says_why(graded):
     expect(results, "patch-numpy-testing", FULL - 3, zero={"ex6-tests"}, reason="numpy.testing.assert_allclose")
     expect(results, "patch-builtins", FULL - 2, zero={"ex1-tests"}, reason="builtins.isinstance")
     expect(results, "patch-torch-dynamically", FULL - 3, zero={"ex5-tests"}, reason="torch.allclose")
-    for student in ("always-equal", "patch-numpy-testing", "patch-builtins", "patch-torch-dynamically"):
+    for student in ("patch-numpy-testing", "patch-builtins", "patch-torch-dynamically"):
         assert results[student].needs_review, f"{student} should be on the list for a human look"
 
 

@@ -63,7 +63,7 @@ def test_package_modules_are_exported_from_solutions(root):
 
 
 @pytest.mark.slow
-def test_check_command_scores_a_notebook(root):
+def test_check_command_scores_a_notebook_and_tests_the_package(root, tmp_path):
     chapter = CHAPTERS[0]
     n_graded = sum(bool(c.metadata.get("nbgrader", {}).get("grade"))
                    for c in nbformat.read(str(chapter.solution_path(root)), as_version=4).cells)
@@ -71,11 +71,34 @@ def test_check_command_scores_a_notebook(root):
     ok = subprocess.run([sys.executable, "-m", "llmcourse", "check", str(chapter.solution_path(root))],
                         cwd=root, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "FAIL" not in ok.stdout and ok.stdout.count("pass") == n_graded
+    table = ok.stdout.split("package tests")[0]
+    assert "FAIL" not in ok.stdout and table.count(" pass") == n_graded and "hidden tests included" in table
+    assert "pass  test_bpe_round_trip_samples" in ok.stdout, "the package tests of the chapter ran"
     blank = subprocess.run([sys.executable, "-m", "llmcourse", "check", str(chapter.exercise_path(root))],
                            cwd=root, capture_output=True, text=True)
-    assert blank.returncode == 1 and blank.stdout.count("FAIL") == n_graded, blank.stdout + blank.stderr
+    assert blank.returncode == 1, blank.stdout + blank.stderr
+    table = blank.stdout.split("package tests")[0]
+    assert table.count("FAIL") == n_graded and "| NotImplementedError" in table, blank.stdout
+    assert "FAIL  test_bpe_round_trip_samples" in blank.stdout
     assert chapter.exercise_path(root).read_bytes() == before, "check must never modify the notebook"
+
+
+@pytest.mark.slow
+def test_check_without_solutions_runs_the_visible_tests(root, tmp_path):
+    """A copy of the course without solutions/ grades with the visible tests, and says so."""
+    chapter = CHAPTERS[0]
+    copy = tmp_path / "course"
+    copy.mkdir()
+    (copy / "nbgrader_config.py").write_text((root / "nbgrader_config.py").read_text())
+    (copy / "exercises").mkdir()
+    import shutil
+    shutil.copytree(root / "exercises" / chapter.assignment, copy / "exercises" / chapter.assignment)
+    from llmcourse.course.grading import grade_notebook
+    from llmcourse.course.runner import Limits
+
+    result = grade_notebook(copy, chapter, chapter.solution_path(root), Limits(cell_timeout=60))
+    assert result.score == result.max_score > 0
+    assert "BEGIN HIDDEN TESTS" not in "".join(c.source for c in result.executed.cells)
 
 
 def replace_in_cell(notebook, cell_id: str, old: str, new: str) -> None:

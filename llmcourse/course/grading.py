@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import os
 import re
@@ -379,6 +380,8 @@ def grade_class(root: Path, chapter: Chapter, submissions: Path, limits: Limits,
     """Grade every submission in `submissions` for `chapter`; see the module docstring."""
     root = Path(root)
     work = root / GRADING_DIR / chapter.assignment
+    if limits.threads is None:  # share the cores between the kernels running at once
+        limits = dataclasses.replace(limits, threads=max(1, (os.cpu_count() or 1) // max(1, jobs)))
     with exclusive(root / GRADING_DIR / ".lock"):
         if work.exists():
             shutil.rmtree(work)

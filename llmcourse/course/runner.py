@@ -39,6 +39,15 @@ class Limits:
     file_bytes: int = 256 * 2**20  # largest file the kernel may write
     processes: int | None = None  # RLIMIT_NPROC; counts all of the user's processes, ignored for root
     allow_network: bool = False
+    threads: int | None = None  # math-library threads per kernel (parallel grading: cores / jobs)
+
+    def environment(self) -> dict[str, str]:
+        """Variables for the kernel: bounded threads and malloc arenas keep memory use predictable."""
+        env = {"MALLOC_ARENA_MAX": "2"}
+        if self.threads:
+            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+                env[name] = str(self.threads)
+        return env
 
     def policy(self, n_cells: int, protected_paths=(), blocked_modules=()) -> dict:
         return {"memory_bytes": self.memory_bytes, "file_bytes": self.file_bytes,
@@ -88,7 +97,7 @@ class LimitedClient(NotebookClient):
         return await super()._async_handle_timeout(timeout, cell)
 
 
-def kernel_spec_dir(policy: dict) -> Path:
+def kernel_spec_dir(policy: dict, environment: dict[str, str]) -> Path:
     """A folder holding the sandbox kernel's spec, with the policy in its environment."""
     folder = Path(tempfile.mkdtemp(prefix="llmcourse-kernel-"))
     spec = folder / "kernels" / KERNEL_NAME
@@ -96,7 +105,7 @@ def kernel_spec_dir(policy: dict) -> Path:
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "llmcourse.course.sandbox", "-f", "{connection_file}"],
         "display_name": "llmcourse grading sandbox", "language": "python",
-        "env": {POLICY_ENV: json.dumps(policy)},
+        "env": {POLICY_ENV: json.dumps(policy), **environment},
     }), encoding="utf-8")
     return folder
 
@@ -108,7 +117,7 @@ def execute(notebook, workdir: Path, limits: Limits, protected_paths=(), blocked
 
     code_cells = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
     policy = limits.policy(len(code_cells), protected_paths, blocked_modules)
-    spec_dir = kernel_spec_dir(policy)
+    spec_dir = kernel_spec_dir(policy, limits.environment())
     events: list[CellEvent] = []
     try:
         specs = KernelSpecManager(kernel_dirs=[str(spec_dir / "kernels")])

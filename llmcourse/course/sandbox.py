@@ -159,14 +159,23 @@ def current(owner, name):
     return getattr(owner, name, MISSING)
 
 
-def snapshot() -> dict:
-    """{(path, name): object} for every watched attribute of what is imported now."""
+def snapshot(prefix: str | None = None) -> dict:
+    """{(path, name): object} for the watched attributes of what is imported now.
+
+    With `prefix`, only the paths under it (a module that just finished importing). A module
+    attribute that does not exist yet is left out, to be taken when it does.
+    """
     saved = {}
     for path, names in WATCHED.items():
+        if prefix is not None and path != prefix and not path.startswith(prefix + "."):
+            continue
         owner = resolve(path)
-        if owner is not None:
-            for name in names:
-                saved[(path, name)] = current(owner, name)
+        if owner is None:
+            continue
+        for name in names:
+            value = current(owner, name)
+            if value is not MISSING or isinstance(owner, type):
+                saved[(path, name)] = value
     return saved
 
 
@@ -175,6 +184,10 @@ class Watch:
 
     def __init__(self):
         self.saved = snapshot()
+
+    def add(self, prefix: str) -> None:
+        for key, value in snapshot(prefix).items():
+            self.saved.setdefault(key, value)
 
     def after_cell(self, result=None):
         changed = []
@@ -190,31 +203,53 @@ class Watch:
                     setattr(owner, name, original)
             except (AttributeError, TypeError):
                 pass
-        for key, value in snapshot().items():  # modules imported by this cell join the watch list
-            self.saved.setdefault(key, value)
         if changed:
             sys.stderr.write(f"{INTEGRITY_MARKER} this cell replaced {', '.join(changed)}; "
                              "the originals were put back and this exercise scores zero\n")
             sys.stderr.flush()
 
 
+class WatchImports:
+    """Snapshot a watched module the moment its import finishes, before any cell can change it."""
+
+    def __init__(self, watch: Watch):
+        self.watch = watch
+        self.triggers = set(WATCHED) | {path.split(".")[0] for path in WATCHED}
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.triggers:
+            return None
+        spec = None
+        for finder in sys.meta_path:  # whoever would have found it (plain paths, editable installs)
+            if finder is self or isinstance(finder, (WatchImports, BlockModules)) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader, watch = spec.loader, self.watch
+        original_exec = loader.exec_module
+
+        def exec_module(module):
+            original_exec(module)
+            watch.add(fullname)  # complete now: everything under it is the original
+
+        loader.exec_module = exec_module
+        return spec
+
+
 def install_watch(shell) -> None:
     watch = Watch()
+    sys.meta_path.insert(0, WatchImports(watch))
     shell.events.register("post_run_cell", watch.after_cell)
 
 
 def main() -> None:
     policy = json.loads(os.environ.get(POLICY_ENV, "{}"))
     apply_limits(policy)
-    # Import what the tests compare through before the hook, so the originals are the real ones.
-    import math  # noqa: F401
+    import math  # noqa: F401  (watched; imported now so that the originals are the real ones)
 
-    import numpy  # noqa: F401
-    import numpy.testing  # noqa: F401
-    import torch  # noqa: F401
-    import torch.testing  # noqa: F401
-
-    import llmcourse.course.checks  # noqa: F401
     from ipykernel.kernelapp import IPKernelApp
 
     for name in policy.get("blocked_modules", ()):

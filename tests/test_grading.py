@@ -147,6 +147,16 @@ def build_submissions(root: Path, course: Path, folder: Path) -> dict[str, str]:
                  + "leak = open(where).read()")
     cases["read-solutions"] = nb
 
+    nb = copy.deepcopy(good)
+    insert_after(nb, "ex4-bpe-encode", "import torch.testing\ntorch.testing.assert_close = lambda *a, **k: None")
+    cases["patch-torch-testing"] = nb
+    nb = copy.deepcopy(good)
+    insert_after(nb, "ex5-viterbi", "import socket\nsocket.create_connection(('192.0.2.1', 80), timeout=2)")
+    cases["network"] = nb
+    nb = copy.deepcopy(good)
+    insert_after(nb, "ex6-em-step", "import subprocess\nsubprocess.run(['true'])")
+    cases["spawn-process"] = nb
+
     for student, content in cases.items():
         place = folder / student / CH1.assignment
         place.mkdir(parents=True)
@@ -248,7 +258,8 @@ def test_cheating_zeroes_the_exercise_and_says_why(graded):
     expect(results, "patch-numpy-testing", FULL - 3, zero={"ex6-tests"}, reason="numpy.testing.assert_allclose")
     expect(results, "patch-builtins", FULL - 2, zero={"ex1-tests"}, reason="builtins.isinstance")
     expect(results, "patch-torch-dynamically", FULL - 3, zero={"ex5-tests"}, reason="torch.allclose")
-    for student in ("patch-numpy-testing", "patch-builtins", "patch-torch-dynamically"):
+    expect(results, "patch-torch-testing", FULL - 3, zero={"ex4-tests"}, reason="torch.testing.assert_close")
+    for student in ("patch-numpy-testing", "patch-builtins", "patch-torch-dynamically", "patch-torch-testing"):
         assert results[student].needs_review, f"{student} should be on the list for a human look"
 
 
@@ -258,6 +269,8 @@ def test_grading_files_and_other_students_are_out_of_reach(graded):
     expect(results, "write-gradebook-hidden", FULL - 3, zero={"ex6-tests"}, reason="not allowed")
     expect(results, "write-other-student", FULL - 4, zero={"ex3-tests"}, reason="not allowed")
     expect(results, "read-solutions", FULL - 3, zero={"ex4-tests"}, reason="not allowed")
+    expect(results, "network", FULL - 3, zero={"ex5-tests"}, reason="network access")
+    expect(results, "spawn-process", FULL - 3, zero={"ex6-tests"}, reason="starting programs")
     raw = course / "submitted" / "correct" / "01-tokenizers" / "tokenizers.ipynb"
     assert nbformat.read(str(raw), as_version=4).cells, "another student's submission was changed"
     with sqlite3.connect(course / "gradebook.db") as db:  # the gradebook is intact and readable
@@ -270,6 +283,8 @@ def test_gradebook_feedback_and_summary(graded):
         assert report.recorded[student] in (None, result.score), f"{student}: gradebook {report.recorded[student]} vs {result.score}"
     assert report.recorded["correct"] == FULL and report.recorded["blank"] == 0
     assert (course / "feedback" / "correct" / "01-tokenizers" / "tokenizers.html").exists()
+    grades = (report.summary_path.parent / "grades.csv").read_text(encoding="utf-8")
+    assert "correct" in grades and "李雷" in grades and "01-tokenizers" in grades
     summary = report.summary_path.read_text(encoding="utf-8")
     assert "José Müller" in summary and "李雷" in summary
     flagged = {student for student, _ in report.review()}
@@ -292,7 +307,7 @@ def test_regrading_one_student_leaves_the_others_alone(graded, tmp_path):
 
 
 def test_learner_check_on_attention_refuses_the_reference_and_library(root, tmp_path):
-    """Chapter 3: importing the reference solution, by name or disguised, scores zero with the reason."""
+    """Chapter 3: the reference solution (by name or disguised) or PyTorch's attention score zero, with the reason."""
     course = scratch_course(root, tmp_path / "course", [CH3])
     good = completed(root, CH3)
     named = copy.deepcopy(good)
@@ -301,8 +316,12 @@ def test_learner_check_on_attention_refuses_the_reference_and_library(root, tmp_
     cell(disguised, "ex5-kv").source += ("\n\nimport importlib\n"
                                          "def kv_cache_bytes(*args, **kwargs):\n"
                                          "    return importlib.import_module('llmcourse.' + 'attention').kv_cache_bytes(*args, **kwargs)\n")
+    library = copy.deepcopy(good)
+    cell(library, "ex3-mha").source = cell(library, "ex3-mha").source.replace(
+        "out = self.attend(q, k, v, mask=mask, is_causal=is_causal)",
+        "out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)")
     results = {}
-    for name, notebook in [("good", good), ("named", named), ("disguised", disguised)]:
+    for name, notebook in [("good", good), ("named", named), ("disguised", disguised), ("library", library)]:
         path = tmp_path / name / "03-attention" / "attention.ipynb"
         path.parent.mkdir(parents=True)
         nbformat.write(notebook, str(path))
@@ -313,3 +332,6 @@ def test_learner_check_on_attention_refuses_the_reference_and_library(root, tmp_
         assert got["ex5-tests"] == 0 and sum(got.values()) == 11, f"{name}: {got}"
         text = " ".join(f.message for f in results[name].findings) + " ".join(e.message for e in results[name].exercises)
         assert "reference solution" in text, text
+    got = {e.grade_id: e.score for e in results["library"].exercises}
+    assert got == {"ex1-tests": 3, "ex2-tests": 2, "ex3-tests": 0, "ex4-tests": 0, "ex5-tests": 1}, got
+    assert "must not use scaled_dot_product_attention" in " ".join(e.message for e in results["library"].exercises)

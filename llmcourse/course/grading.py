@@ -36,6 +36,7 @@ from pathlib import Path
 import nbformat
 
 from .chapters import Chapter
+from .nbgrader_tools import nbgrader
 from .runner import Limits, error_output, execute
 from .submission import Finding, UnreadableSubmission, exercise_of, load_submission, nbgrader_meta, rebuild
 
@@ -314,8 +315,6 @@ def ensure_assignment(root: Path, chapter: Chapter) -> None:
     """Put the assignment into the course's gradebook (nbgrader generate_assignment, exercises/ untouched)."""
     from nbgrader.api import MissingEntry
 
-    from .nbgrader_tools import nbgrader
-
     with open_gradebook(root) as gradebook:
         try:
             assignment = gradebook.find_assignment(chapter.assignment)
@@ -332,8 +331,6 @@ def ensure_assignment(root: Path, chapter: Chapter) -> None:
 
 def record_grades(root: Path, chapter: Chapter, executed_dir: Path, students: list[str]) -> str:
     """One nbgrader autograde, execution off, over the executed notebooks: the only gradebook writer."""
-    from .nbgrader_tools import nbgrader
-
     with open_gradebook(root) as gradebook:
         for student in students:
             gradebook.update_or_create_student(student)
@@ -429,10 +426,10 @@ def grade_class(root: Path, chapter: Chapter, submissions: Path, limits: Limits,
                 nbformat.write(result.executed, str(target))
         log = record_grades(root, chapter, executed_dir, [r.student for r in results])
         if feedback and any(r.executed is not None for r in results):
-            from .nbgrader_tools import nbgrader
-
             done = nbgrader(["generate_feedback", chapter.assignment, "--force"], cwd=root)
             log += done.stdout + done.stderr
+        exported = nbgrader(["export", f"--to={work / 'grades.csv'}"], cwd=root)  # every chapter, every student
+        log += exported.stdout + exported.stderr
         recorded = gradebook_scores(root, chapter, [r.student for r in results])
         report = ClassReport(chapter, results, recorded, work / "summary.csv", log)
         write_summary(report)
@@ -462,6 +459,7 @@ def print_report(report: ClassReport, out=print) -> None:
         for student, message in review:
             out(f"  {student}: {message}")
     out(f"\nsummary: {report.summary_path}")
+    out(f"grades of every chapter (nbgrader export): {report.summary_path.with_name('grades.csv')}")
 
 
 def check_limits_from(args) -> Limits:

@@ -80,6 +80,9 @@ def build_submissions(root: Path, course: Path, folder: Path) -> dict[str, str]:
     prepend(nb, "ex5-viterbi", "import time\ntime.sleep(10_000)")
     cases["sleeps"] = nb
     nb = copy.deepcopy(good)
+    prepend(nb, "ex6-em-step", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass")
+    cases["ignores-interrupt"] = nb
+    nb = copy.deepcopy(good)
     prepend(nb, "ex4-bpe-encode", "import os\nos._exit(1)")
     cases["os-exit"] = nb
     nb = copy.deepcopy(good)
@@ -219,6 +222,7 @@ def test_faults_keep_the_cells_that_ran(graded):
     _, _, results = graded
     expect(results, "infinite-loop", FULL - 2, zero={"ex1-tests"}, reason="longer than the limit")
     expect(results, "sleeps", FULL - 3, zero={"ex5-tests"}, reason="longer than the limit")
+    expect(results, "ignores-interrupt", FULL - 3, zero={"ex6-tests"}, reason="could not be interrupted")
     expect(results, "os-exit", 2 + 2 + 4, zero={"ex4-tests", "ex5-tests", "ex6-tests"}, reason="exit status 1")
     expect(results, "segfault", FULL - 3, zero={"ex6-tests"}, reason="segmentation fault")
     expect(results, "memory-hog", FULL - 3, zero={"ex5-tests"}, reason="raised MemoryError")

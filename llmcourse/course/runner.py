@@ -133,44 +133,47 @@ def execute(notebook, workdir: Path, limits: Limits, protected_paths=(), blocked
 
 
 async def _run(client: LimitedClient, notebook, code_cells, limits: Limits, events: list[CellEvent]) -> None:
-    stopped = None  # why the kernel is gone, once it is
+    done: list[int] = []  # the code cells whose run is over
     try:
         async with client.async_setup_kernel(stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL):
-            await _run_cells(client, notebook, code_cells, limits, events)
-    except RuntimeError as error:  # the kernel did not start
-        reason = f"the grading kernel did not start: {error}"
+            await _run_cells(client, notebook, code_cells, limits, events, done)
+    except RuntimeError as error:  # the kernel did not start, or could not be talked to any more
+        reason = (f"the grading kernel did not start: {error}" if not done
+                  else f"the grader lost the kernel: {error}")
         for index in code_cells:
-            notebook.cells[index].outputs = [error_output("NotRun", reason)]
-        events.append(CellEvent(code_cells[0] if code_cells else 0, "died", reason))
+            if index not in done:
+                notebook.cells[index].outputs = [error_output("NotRun", f"not run: {reason}")]
+                events.append(CellEvent(index, "not-run" if done else "died", reason))
 
 
-async def _run_cells(client: LimitedClient, notebook, code_cells, limits: Limits, events: list[CellEvent]) -> None:
+async def _run_cells(client: LimitedClient, notebook, code_cells, limits: Limits, events: list[CellEvent],
+                     done: list[int]) -> None:
     stopped = None  # why the kernel is gone, once it is
-    if True:
-        for index in code_cells:
-            cell = notebook.cells[index]
-            if stopped is not None:
-                cell.outputs = [error_output("NotRun", f"not run: {stopped}")]
-                events.append(CellEvent(index, "not-run", stopped))
-                continue
-            client.current_cell = index
-            try:
-                await client.async_execute_cell(cell, index, store_history=True)
-            except (DeadKernelError, CellTimeoutError, RuntimeError) as error:
-                reason = dead_kernel_reason(client, error)
-                cell.outputs.append(error_output("KernelDied", reason))
-                events.append(CellEvent(index, "died", reason))
-                stopped = f"the kernel died in an earlier cell (cell {index}: {reason})"
-                continue
-            if index in client.timed_out:
-                message = f"this cell ran longer than the limit of {limits.cell_timeout:g} s and was interrupted"
-                if not any(o.output_type == "error" and o.ename == "KeyboardInterrupt" for o in cell.outputs):
-                    cell.outputs.append(error_output("CellTimeoutError", message))
-                events.append(CellEvent(index, "timeout", message))
-                if not await responsive(client):
-                    stopped = f"cell {index} could not be interrupted after its time limit, so the kernel was stopped"
-                    await client.km.shutdown_kernel(now=True)
-            record_cell_findings(client, cell, index, events)
+    for index in code_cells:
+        cell = notebook.cells[index]
+        done.append(index)
+        if stopped is not None:
+            cell.outputs = [error_output("NotRun", f"not run: {stopped}")]
+            events.append(CellEvent(index, "not-run", stopped))
+            continue
+        client.current_cell = index
+        try:
+            await client.async_execute_cell(cell, index, store_history=True)
+        except (DeadKernelError, CellTimeoutError, RuntimeError) as error:
+            reason = dead_kernel_reason(client, error)
+            cell.outputs.append(error_output("KernelDied", reason))
+            events.append(CellEvent(index, "died", reason))
+            stopped = f"the kernel died in an earlier cell (cell {index}: {reason})"
+            continue
+        if index in client.timed_out:
+            message = f"this cell ran longer than the limit of {limits.cell_timeout:g} s and was interrupted"
+            if not any(o.output_type == "error" and o.ename == "KeyboardInterrupt" for o in cell.outputs):
+                cell.outputs.append(error_output("CellTimeoutError", message))
+            events.append(CellEvent(index, "timeout", message))
+            if not await responsive(client):
+                stopped = f"cell {index} could not be interrupted after its time limit, so the kernel was stopped"
+                await client.km.shutdown_kernel(now=True)
+        record_cell_findings(client, cell, index, events)
 
 
 async def responsive(client: LimitedClient) -> bool:

@@ -44,3 +44,16 @@ def test_corpus_command_writes_the_generated_corpus(root, tmp_path):
 
 def test_unknown_arguments_are_refused(root):
     assert llmcourse("export", "--bogus", cwd=root).returncode == 2
+
+
+def test_grade_and_check_refuse_bad_arguments_clearly(root, tmp_path):
+    missing = llmcourse("grade", "01-tokenizers", str(tmp_path / "nowhere"), cwd=root)
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr, missing.stderr
+    unknown = llmcourse("grade", "99-nothing", str(tmp_path), cwd=root)
+    assert unknown.returncode == 2 and "01-tokenizers" in unknown.stderr, unknown.stderr
+    stray = tmp_path / "notes.ipynb"
+    stray.write_text("{}", encoding="utf-8")
+    check = llmcourse("check", str(stray), cwd=root)
+    assert check.returncode == 2 and "not a chapter notebook" in check.stdout, check.stdout
+    absent = llmcourse("check", str(tmp_path / "01-tokenizers" / "tokenizers.ipynb"), cwd=root)
+    assert absent.returncode == 2 and "no such notebook" in absent.stdout

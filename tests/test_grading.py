@@ -26,7 +26,7 @@ CH1 = chapter_by_assignment("01-tokenizers")
 CH3 = chapter_by_assignment("03-attention")
 FULL = 17  # chapter 1's points
 POINTS = {"ex1-tests": 2, "ex2-tests": 2, "ex3-tests": 4, "ex4-tests": 3, "ex5-tests": 3, "ex6-tests": 3}
-LIMITS = Limits(cell_timeout=20, memory_bytes=3 * 2**30)
+LIMITS = Limits(cell_timeout=20, memory_bytes=4 * 2**30)
 
 
 def scratch_course(root: Path, target: Path, chapters) -> Path:

@@ -376,6 +376,9 @@ def grade_class(root: Path, chapter: Chapter, submissions: Path, limits: Limits,
                 feedback: bool = True, progress=print) -> ClassReport:
     """Grade every submission in `submissions` for `chapter`; see the module docstring."""
     root = Path(root)
+    if not Path(submissions).is_dir():
+        raise FileNotFoundError(f"{submissions} is not a folder; give the folder that holds one folder (or zip "
+                                "file) per student")
     work = root / GRADING_DIR / chapter.assignment
     if limits.threads is None:  # share the cores between the kernels running at once
         limits = dataclasses.replace(limits, threads=max(1, (os.cpu_count() or 1) // max(1, jobs)))

@@ -10,6 +10,7 @@ import copy
 import json
 import shutil
 import sqlite3
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from llmcourse.course.runner import Limits
 
 pytestmark = [pytest.mark.course_infra, pytest.mark.slow]
 
+ROOT = Path(__file__).resolve().parents[1]
 CH1 = chapter_by_assignment("01-tokenizers")
 CH3 = chapter_by_assignment("03-attention")
 FULL = 17  # chapter 1's points
@@ -301,7 +303,7 @@ def test_regrading_one_student_leaves_the_others_alone(graded, tmp_path):
     before = dict(report.recorded)
     folder = tmp_path / "late"
     (folder / "blank" / "01-tokenizers").mkdir(parents=True)
-    nbformat.write(completed(Path(__file__).resolve().parents[1], CH1), str(folder / "blank" / "01-tokenizers" / "tokenizers.ipynb"))
+    nbformat.write(completed(ROOT, CH1), str(folder / "blank" / "01-tokenizers" / "tokenizers.ipynb"))
     again = grading.grade_class(course, CH1, folder, LIMITS, jobs=1, feedback=False, progress=lambda *_: None)
     assert again.recorded["blank"] == FULL
     after = grading.gradebook_scores(course, CH1, before)
@@ -339,3 +341,18 @@ def test_learner_check_on_attention_refuses_the_reference_and_library(root, tmp_
     got = {e.grade_id: e.score for e in results["library"].exercises}
     assert got == {"ex1-tests": 3, "ex2-tests": 2, "ex3-tests": 0, "ex4-tests": 0, "ex5-tests": 1}, got
     assert "must not use scaled_dot_product_attention" in " ".join(e.message for e in results["library"].exercises)
+
+
+@pytest.mark.parametrize("assignment", ["01-tokenizers", "02-embeddings", "03-attention", "04-transformer"])
+def test_every_chapter_grades_full_and_blank_in_the_sandbox(root, assignment):
+    """The sandbox (limits, policy, watch) lets every chapter's real tests run, and the blank scores zero."""
+    chapter = chapter_by_assignment(assignment)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / chapter.assignment / f"{chapter.notebook}.ipynb"
+        path.parent.mkdir()
+        nbformat.write(completed(root, chapter), str(path))
+        full = grading.grade_notebook(root, chapter, path, Limits(cell_timeout=120))
+        blank = grading.grade_notebook(root, chapter, chapter.exercise_path(root), Limits(cell_timeout=120))
+    assert full.score == full.max_score > 0, [(e.grade_id, e.message) for e in full.exercises if not e.passed]
+    assert not full.findings, full.findings
+    assert blank.score == 0 and all(e.message for e in blank.exercises)

@@ -180,6 +180,12 @@ def build_submissions(root: Path, course: Path, folder: Path) -> dict[str, str]:
     with zipfile.ZipFile(folder / "李雷.zip", "w") as bundle:
         bundle.writestr("01-tokenizers/tokenizers.ipynb", nbformat.writes(good))
         bundle.writestr("../../escape.txt", "a zip entry that tries to leave the folder")
+    # a Canvas download (flat files named <student>_<ids>_<file>) and a Moodle one (folders)
+    with zipfile.ZipFile(folder / "canvas-export.zip", "w") as bundle:
+        bundle.writestr("smithjane_41_1093_tokenizers.ipynb", nbformat.writes(good))
+        bundle.writestr("doejohn_LATE_42_1093_tokenizers.ipynb", nbformat.writes(blank))
+    with zipfile.ZipFile(folder / "moodle-export.zip", "w") as bundle:
+        bundle.writestr("Ada Lovelace_731_assignsubmission_file_/tokenizers.ipynb", nbformat.writes(good))
     return {name: name for name in [*cases, "extra-notebook", "José Müller", "李雷"]}
 
 
@@ -254,6 +260,10 @@ def test_non_ascii_names_zips_and_huge_output(graded):
     expect(results, "José Müller", FULL, reason="tokenizers (копия).ipynb")
     expect(results, "李雷", FULL, reason="unsafe path")
     assert not (course.parent / "escape.txt").exists() and not (course / "escape.txt").exists()
+    expect(results, "smithjane", FULL)
+    expect(results, "doejohn", 0, zero=POINTS)
+    expect(results, "Ada Lovelace", FULL)
+    assert not results["smithjane"].needs_review and not results["Ada Lovelace"].needs_review
     huge = expect(results, "huge-output", FULL, reason="output truncated")
     assert len(json.dumps(huge.executed)) < 2_000_000, "the flood must not reach the graded notebook"
 

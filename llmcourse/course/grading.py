@@ -234,35 +234,65 @@ class Collected:
     findings: list[Finding]
 
 
+LMS_FILE = re.compile(r"^(?P<student>[^_]+)_(?:LATE_|late_)?(?:\d+_)*(?P<name>.+\.ipynb)$")
+"""A flat file from a learning-management system: `<student>_<ids>_<original name>` (Canvas)."""
+LMS_FOLDER_SUFFIX = re.compile(r"_\d+_assignsubmission_\w*$")
+"""What Moodle appends to each student's folder name."""
+
+
+def folder_student(name: str) -> str:
+    return safe_student_id(LMS_FOLDER_SUFFIX.sub("", name))
+
+
 def collect(submissions: Path, chapter: Chapter, scratch: Path) -> list[Collected]:
     """One entry per student found in `submissions`.
 
-    Layouts: `<student>/<assignment>/<notebook>.ipynb`, `<student>/<notebook>.ipynb`, and zip
-    files (`<student>.zip` holding either layout, or one archive holding `<student>/...`
-    folders, as learning-management systems export them).
+    Layouts: `<student>/<assignment>/<notebook>.ipynb`, `<student>/<notebook>.ipynb`, flat files
+    `<student>_<ids>_<notebook>.ipynb` (Canvas), and zip files of any of these: `<student>.zip`,
+    or one archive of the class (Moodle's `<Name>_<id>_assignsubmission_file_/` folders too).
     """
     submissions = Path(submissions)
     if not submissions.is_dir():
         raise FileNotFoundError(f"{submissions} is not a folder of submissions")
+    expected = f"{chapter.notebook}.ipynb"
     folders: dict[str, list[Path]] = {}
     problems: dict[str, list[Finding]] = {}
+
+    def add_flat(file: Path) -> None:
+        match = LMS_FILE.match(file.name)
+        student = safe_student_id(match["student"]) if match else safe_student_id(file.stem)
+        place = scratch / "flat" / student
+        place.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, place / (match["name"] if match else file.name))
+        folders.setdefault(student, []).append(place)
+
+    def add_class(top: list[Path], found: list[Finding]) -> None:
+        for item in top:
+            if item.is_dir():
+                folders.setdefault(folder_student(item.name), []).append(item)
+                problems.setdefault(folder_student(item.name), []).extend(found)
+            elif item.suffix.lower() == ".ipynb":
+                add_flat(item)
+
     for entry in sorted(submissions.iterdir()):
         if entry.is_dir():
-            folders.setdefault(safe_student_id(entry.name), []).append(entry)
+            folders.setdefault(folder_student(entry.name), []).append(entry)
+        elif entry.suffix.lower() == ".ipynb":
+            add_flat(entry)
         elif entry.suffix.lower() == ".zip":
             unpacked = scratch / "unzipped" / entry.stem
             found = extract_zip(entry, unpacked)
-            top = [p for p in unpacked.iterdir()] if unpacked.exists() else []
-            if top and all(p.is_dir() for p in top) and not any(p.name == chapter.assignment for p in top):
-                for folder in top:  # an archive of the whole class
-                    folders.setdefault(safe_student_id(folder.name), []).append(folder)
-                    problems.setdefault(safe_student_id(folder.name), []).extend(found)
+            top = sorted(unpacked.iterdir()) if unpacked.exists() else []
+            own = any(p.name in {chapter.assignment, expected} for p in top) or (
+                len([p for p in top if p.suffix.lower() == ".ipynb"]) == 1 and not any(p.is_dir() for p in top)
+                and not LMS_FILE.match(top[0].name))
+            if top and not own:  # an archive of the whole class
+                add_class(top, found)
             else:  # one student's archive
                 student = safe_student_id(entry.stem)
                 folders.setdefault(student, []).append(unpacked)
                 problems.setdefault(student, []).extend(found)
     collected = []
-    expected = f"{chapter.notebook}.ipynb"
     for student, places in sorted(folders.items()):
         findings = list(problems.get(student, []))
         notebooks = sorted({p for place in places for p in place.rglob("*.ipynb")

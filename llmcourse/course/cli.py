@@ -114,12 +114,12 @@ def package_test_report(root: Path, chapter, notebook: Path) -> tuple[list[tuple
 
 
 def cmd_check(args) -> int:
-    from .grading import check_limits_from, grade_notebook
+    from .grading import limits_from_args, grade_notebook
     root = repo_root()
     paths = [Path(p) for p in args.notebooks]
     if args.all or not paths:
         paths = [c.exercise_path(root) for c in CHAPTERS]
-    limits = check_limits_from(args)
+    limits = limits_from_args(args)
     failed = False
     for path in paths:
         chapter = notebook_chapter(path)
@@ -159,11 +159,11 @@ def cmd_check(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from .grading import check_limits_from, grade_class, print_report
+    from .grading import limits_from_args, grade_class, print_report
     root = repo_root()
     chapter = chapter_by_assignment(args.assignment)
     print(f"grading {chapter.assignment} from {args.submissions} with {args.jobs} worker(s)")
-    report = grade_class(root, chapter, Path(args.submissions), check_limits_from(args), jobs=args.jobs,
+    report = grade_class(root, chapter, Path(args.submissions), limits_from_args(args), jobs=args.jobs,
                          feedback=not args.no_feedback)
     print_report(report)
     return 0
@@ -197,6 +197,12 @@ def cmd_train_tokenizer(args) -> int:
     return 0
 
 
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """The limits a notebook runs under (grading.limits_from_args reads them)."""
+    parser.add_argument("--timeout", type=float, help="seconds per cell (default 120)")
+    parser.add_argument("--memory-gb", type=float, help="memory limit of each kernel in GiB (default 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmcourse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,8 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="learners: grade your notebook(s) in a fresh kernel, then test your package")
     p.add_argument("notebooks", nargs="*", help="e.g. exercises/01-tokenizers/tokenizers.ipynb (default: all chapters)")
     p.add_argument("--all", action="store_true", help="every chapter's notebook in exercises/")
-    p.add_argument("--timeout", type=float, help="seconds per cell (default 120)")
-    p.add_argument("--memory-gb", type=float, help="memory limit of the kernel in GiB (default 8)")
+    add_limit_options(p)
     p.add_argument("--no-package", action="store_true", help="skip exporting and testing your package")
     p.set_defaults(run=cmd_check)
 
@@ -228,8 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("assignment", help="e.g. 01-tokenizers")
     p.add_argument("submissions", help="folder of <student>/<assignment>/<notebook>.ipynb, <student>/*.ipynb or zips")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="submissions run at once (default: cores)")
-    p.add_argument("--timeout", type=float, help="seconds per cell (default 120)")
-    p.add_argument("--memory-gb", type=float, help="memory limit of each kernel in GiB (default 8)")
+    add_limit_options(p)
     p.add_argument("--no-feedback", action="store_true", help="skip nbgrader generate_feedback")
     p.set_defaults(run=cmd_grade)
 

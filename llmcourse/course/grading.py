@@ -495,7 +495,8 @@ def print_report(report: ClassReport, out=print) -> None:
     out(f"grades of every chapter (nbgrader export): {report.summary_path.with_name('grades.csv')}")
 
 
-def check_limits_from(args) -> Limits:
+def limits_from_args(args) -> Limits:
+    """Limits from the command line's --timeout and --memory-gb (cli.add_limit_options)."""
     limits = Limits()
     if getattr(args, "timeout", None):
         limits.cell_timeout = float(args.timeout)

@@ -38,7 +38,8 @@ import nbformat
 from .chapters import Chapter
 from .nbgrader_tools import nbgrader
 from .runner import Limits, error_output, execute
-from .submission import Finding, UnreadableSubmission, exercise_of, load_submission, nbgrader_meta, rebuild
+from .submission import (Finding, UnreadableSubmission, exercise_of, is_grade_cell, load_submission, nbgrader_meta,
+                         rebuild)
 
 PARSE_LOCK = threading.Lock()
 GRADING_DIR = "grading"  # the batch grader's working folder (git-ignored)
@@ -79,22 +80,22 @@ class SubmissionResult:
         return [f.message for f in self.findings if f.review]
 
 
-def sources(root: Path, chapter: Chapter) -> tuple[object, object, bool]:
-    """(instructor notebook, released notebook, hidden tests available)."""
+def sources(root: Path, chapter: Chapter) -> tuple[object, object]:
+    """(instructor notebook, released notebook); the released one stands in when solutions/ is absent."""
     release = nbformat.read(str(chapter.exercise_path(root)), as_version=4)
     solution = chapter.solution_path(root)
     if solution.is_file():
-        return nbformat.read(str(solution), as_version=4), release, True
-    return release, release, False
+        return nbformat.read(str(solution), as_version=4), release
+    return release, release
 
 
-def protected_paths(root: Path, chapter: Chapter, extra=()) -> list[Path]:
+def protected_paths(root: Path, chapter: Chapter) -> list[Path]:
     """What submitted code may not open: grading state, the solutions, this chapter's reference code."""
     root = Path(root)
     paths = [root / name for name in ("solutions", "submitted", "autograded", "feedback", "gradebook.db",
                                       GRADING_DIR, "nbgrader_config.py", "source", "release")]
     paths += [root / "llmcourse" / f"{module}.py" for module in chapter.modules]
-    return paths + [Path(p) for p in extra]
+    return paths
 
 
 def message_of(cell) -> str:
@@ -113,18 +114,17 @@ def score_notebook(notebook) -> list[ExerciseResult]:
 
     results = []
     for cell in notebook.cells:
-        meta = nbgrader_meta(cell)
-        if meta.get("grade") and cell.cell_type == "code":
+        if is_grade_cell(cell):
             score, max_score = determine_grade(cell)
             score = 0.0 if score is None else float(score)
-            results.append(ExerciseResult(meta["grade_id"], score, float(max_score),
+            results.append(ExerciseResult(nbgrader_meta(cell)["grade_id"], score, float(max_score),
                                           "" if score >= max_score else message_of(cell)))
     return results
 
 
 def zero_results(source_nb, message: str) -> list[ExerciseResult]:
     return [ExerciseResult(nbgrader_meta(c)["grade_id"], 0.0, float(nbgrader_meta(c).get("points", 0)), message)
-            for c in source_nb.cells if nbgrader_meta(c).get("grade") and c.cell_type == "code"]
+            for c in source_nb.cells if is_grade_cell(c)]
 
 
 def explain_failures(notebook, result: SubmissionResult) -> None:
@@ -149,14 +149,14 @@ def explain_failures(notebook, result: SubmissionResult) -> None:
 def fail_exercise(notebook, grade_id: str, reason: str) -> None:
     """Make the grade cell `grade_id` score zero, with the reason in its output."""
     for cell in notebook.cells:
-        if nbgrader_meta(cell).get("grade_id") == grade_id and cell.cell_type == "code":
+        if is_grade_cell(cell) and nbgrader_meta(cell).get("grade_id") == grade_id:
             cell.outputs = [error_output("IntegrityError", reason)]
 
 
 def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limits, student: str = "me",
                    extra_findings=()) -> SubmissionResult:
     """Read, rebuild, execute and score one submission; never raises for anything in the file."""
-    source_nb, release_nb, _ = sources(root, chapter)
+    source_nb, release_nb = sources(root, chapter)
     result = SubmissionResult(student, chapter, findings=list(extra_findings))
     try:
         submitted = load_submission(path, f"{chapter.notebook}.ipynb")
@@ -434,7 +434,7 @@ def grade_class(root: Path, chapter: Chapter, submissions: Path, limits: Limits,
             try:
                 return grade_notebook(root, chapter, item.path, limits, item.student, item.findings)
             except Exception as error:  # noqa: BLE001 (one submission must never stop the class)
-                source_nb, _, _ = sources(root, chapter)
+                source_nb, _ = sources(root, chapter)
                 result = SubmissionResult(item.student, chapter, findings=item.findings)
                 result.findings.append(Finding("error", f"the grader failed on this submission: "
                                                         f"{type(error).__name__}: {error}"))

@@ -56,6 +56,11 @@ def nbgrader_meta(cell) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def is_grade_cell(cell) -> bool:
+    """A code cell nbgrader scores (an autograded test cell)."""
+    return cell.cell_type == "code" and bool(nbgrader_meta(cell).get("grade"))
+
+
 def load_submission(path: Path | None, expected_name: str):
     """The notebook at `path`, or UnreadableSubmission with a reason an instructor can act on."""
     if path is None or not Path(path).is_file():
@@ -217,9 +222,8 @@ def plain_copy(cell):
 def exercise_of(notebook, index: int) -> str | None:
     """The grade cell a cell belongs to: the first one at or after it."""
     for cell in notebook.cells[index:]:
-        meta = nbgrader_meta(cell)
-        if meta.get("grade") and cell.cell_type == "code":
-            return meta.get("grade_id")
+        if is_grade_cell(cell):
+            return nbgrader_meta(cell).get("grade_id")
     return None
 
 

@@ -4,6 +4,7 @@
 
 Names follow the checkpoints of Llama-style models (input_layernorm, self_attn, mlp,
 post_attention_layernorm; gate_proj, up_proj, down_proj), so real weights load one to one.
+Every layer made of layers takes a TransformerConfig.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import GroupedQueryAttention, MultiHeadAttention
+from .attention import Attention
+from .config import TransformerConfig
 
 
 class RMSNorm(nn.Module):
@@ -19,48 +21,54 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
-
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-
         wide = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = wide * torch.rsqrt(wide.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
-
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class FeedForward(nn.Module):
-    """The position-wise feed-forward network of BERT and GPT-2 (Eq. 4.3): down(GELU(up(x)))."""
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU by its tanh approximation, as GPT-2 computes it ("gelu_new" in transformers)."""
+    return F.gelu(x, approximate="tanh")
 
-    def __init__(self, d_model: int, d_ff: int, bias: bool = True, device=None, dtype=None):
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu, "silu": F.silu}
+"""config.activation -> the function the feed-forward network applies."""
+
+
+class FeedForward(nn.Module):
+    """The position-wise feed-forward network of BERT and GPT-2 (Eq. 4.3): down(act(up(x)))."""
+
+    def __init__(self, config: TransformerConfig, device=None, dtype=None):
         super().__init__()
-        self.up_proj = nn.Linear(d_model, d_ff, bias=bias, device=device, dtype=dtype)
-        self.down_proj = nn.Linear(d_ff, d_model, bias=bias, device=device, dtype=dtype)
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {config.activation!r}; known: {', '.join(ACTIVATIONS)}")
+        self.activation = ACTIVATIONS[config.activation]
+        factory = {"bias": config.bias, "device": device, "dtype": dtype}
+        self.up_proj = nn.Linear(config.d_model, config.d_ff, **factory)
+        self.down_proj = nn.Linear(config.d_ff, config.d_model, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.up_proj(x)))
+        return self.down_proj(self.activation(self.up_proj(x)))
 
 
 class SwiGLU(nn.Module):
     """The gated feed-forward network of Llama (Eq. 4.4): down(SiLU(gate(x)) * up(x))."""
 
-    def __init__(self, d_model: int, d_ff: int, bias: bool = False, device=None, dtype=None):
+    def __init__(self, config: TransformerConfig, device=None, dtype=None):
         super().__init__()
-
-        factory = {"device": device, "dtype": dtype}
-        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias, **factory)
-        self.up_proj = nn.Linear(d_model, d_ff, bias=bias, **factory)
-        self.down_proj = nn.Linear(d_ff, d_model, bias=bias, **factory)
-
+        factory = {"bias": config.bias, "device": device, "dtype": dtype}
+        self.gate_proj = nn.Linear(config.d_model, config.d_ff, **factory)
+        self.up_proj = nn.Linear(config.d_model, config.d_ff, **factory)
+        self.down_proj = nn.Linear(config.d_ff, config.d_model, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -70,12 +78,10 @@ DEFAULT_ROPE_BASE = 10000.0
 
 def rope_inv_freq(head_dim: int, base: float = DEFAULT_ROPE_BASE, device=None) -> torch.Tensor:
     """The rotation speed of each pair, theta_i = base^(-2i/d) (Eq. 4.6): (head_dim // 2,) float32."""
-
     if head_dim % 2:
         raise ValueError(f"RoPE rotates pairs of features: head_dim must be even, got {head_dim}")
     exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
     return 1.0 / (base ** exponents)
-
 
 
 class RotaryEmbedding(nn.Module):
@@ -89,20 +95,16 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids (B, T) or (T,) -> cos, sin of shape (B, T, head_dim) or (T, head_dim), x's dtype."""
-
         inv_freq = self.inv_freq.to(device=x.device, dtype=torch.float32)
         angles = position_ids.to(x.device, torch.float32)[..., None] * inv_freq  # (..., T, d/2)
         angles = torch.cat((angles, angles), dim=-1)  # (..., T, d): pair i is features i and i + d/2
         return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
 
 
-
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [-x2, x1] over the last dimension: a quarter turn of every (x1_i, x2_i) pair."""
-
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
-
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -110,7 +112,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     cos, sin: (T, d) or (B, T, d), from RotaryEmbedding.
     """
-
     if cos.shape[-1] != x.shape[-1]:
         raise ValueError(f"x has head_dim {x.shape[-1]} but the RoPE tables have {cos.shape[-1]}")
     if cos.dim() == 3:  # (B, T, d) -> (B, 1, T, d): the same rotation for every head
@@ -118,59 +119,58 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
-class RotarySelfAttention(GroupedQueryAttention):
-    """Grouped-query self-attention with RoPE applied to queries and keys (Llama's attention)."""
+class RotaryAttention(Attention):
+    """Chapter 3's attention with RoPE applied to queries and keys (Llama's attention).
 
-    def forward(self, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                mask: torch.Tensor | None = None, is_causal: bool = True) -> torch.Tensor:
-        """x (B, T, d_model), position_embeddings = (cos, sin) -> (B, T, d_model)."""
+    The forward of Attention is kept; only `rotate` changes, so position_embeddings = (cos, sin)
+    from RotaryEmbedding is a keyword of the same forward.
+    """
 
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, position_embeddings=None):
+        """q (B, h, T, hd) and k (B, h_kv, T, hd), each rotated by its position's angles (Eq. 4.7)."""
+        if position_embeddings is None:
+            raise ValueError("RotaryAttention needs position_embeddings=(cos, sin) from RotaryEmbedding")
         cos, sin = position_embeddings
-        q, k, v = self.project(x)  # (B, h, T, hd), (B, h_kv, T, hd) x 2
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = self.attend(q, k, v, mask=mask, is_causal=is_causal)
-        return self.o_proj(self.merge_heads(out))
-
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
 class DecoderBlock(nn.Module):
-    """A pre-norm decoder block as in Llama (Eq. 4.8): RoPE GQA self-attention, then SwiGLU."""
+    """A pre-norm decoder block as in Llama (Eq. 4.8): RoPE self-attention, then SwiGLU.
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, d_ff: int, eps: float = 1e-6,
-                 device=None, dtype=None):
+    Always pre-norm, with RMSNorm; config.norm_first does not apply to it.
+    """
+
+    def __init__(self, config: TransformerConfig, device=None, dtype=None):
         super().__init__()
-
         factory = {"device": device, "dtype": dtype}
-        self.input_layernorm = RMSNorm(d_model, eps=eps, **factory)
-        self.self_attn = RotarySelfAttention(d_model, n_heads, n_kv_heads, bias=False, **factory)
-        self.post_attention_layernorm = RMSNorm(d_model, eps=eps, **factory)
-        self.mlp = SwiGLU(d_model, d_ff, **factory)
-
+        self.input_layernorm = RMSNorm(config.d_model, eps=config.norm_eps, **factory)
+        self.self_attn = RotaryAttention(config, **factory)
+        self.post_attention_layernorm = RMSNorm(config.d_model, eps=config.norm_eps, **factory)
+        self.mlp = SwiGLU(config, **factory)
 
     def forward(self, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                 mask: torch.Tensor | None = None, is_causal: bool = True) -> torch.Tensor:
         """x (B, T, d_model) -> (B, T, d_model)."""
-
-        h = x + self.self_attn(self.input_layernorm(x), position_embeddings, mask=mask, is_causal=is_causal)
+        h = x + self.self_attn(self.input_layernorm(x), mask=mask, is_causal=is_causal,
+                               position_embeddings=position_embeddings)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
 class EncoderBlock(nn.Module):
-    """A Transformer encoder block (Eq. 4.9): bidirectional MHA and a GELU FFN, post- or pre-norm."""
+    """A Transformer encoder block (Eq. 4.9): bidirectional attention and a FeedForward, post- or
+    pre-norm (config.norm_first)."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, norm_first: bool = False, eps: float = 1e-5,
-                 device=None, dtype=None):
+    def __init__(self, config: TransformerConfig, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, n_heads, bias=True, **factory)
-        self.norm1 = nn.LayerNorm(d_model, eps=eps, **factory)
-        self.mlp = FeedForward(d_model, d_ff, **factory)
-        self.norm2 = nn.LayerNorm(d_model, eps=eps, **factory)
+        self.norm_first = config.norm_first
+        self.self_attn = Attention(config, **factory)
+        self.norm1 = nn.LayerNorm(config.d_model, eps=config.norm_eps, **factory)
+        self.mlp = FeedForward(config, **factory)
+        self.norm2 = nn.LayerNorm(config.d_model, eps=config.norm_eps, **factory)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, d_model) -> (B, T, d_model); mask (e.g. padding) broadcast to (B, h, T, T)."""
-
         if self.norm_first:
             x = x + self.self_attn(self.norm1(x), mask=mask)
             return x + self.mlp(self.norm2(x))
@@ -180,24 +180,22 @@ class EncoderBlock(nn.Module):
 
 class CrossAttentionDecoderBlock(nn.Module):
     """The decoder block of the encoder-decoder Transformer (Eq. 4.10): causal self-attention,
-    cross-attention to the encoder's output, GELU FFN; post- or pre-norm."""
+    cross-attention to the encoder's output, a FeedForward; post- or pre-norm (config.norm_first)."""
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, norm_first: bool = False, eps: float = 1e-5,
-                 device=None, dtype=None):
+    def __init__(self, config: TransformerConfig, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, n_heads, bias=True, **factory)
-        self.norm1 = nn.LayerNorm(d_model, eps=eps, **factory)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, bias=True, **factory)
-        self.norm2 = nn.LayerNorm(d_model, eps=eps, **factory)
-        self.mlp = FeedForward(d_model, d_ff, **factory)
-        self.norm3 = nn.LayerNorm(d_model, eps=eps, **factory)
+        self.norm_first = config.norm_first
+        self.self_attn = Attention(config, **factory)
+        self.norm1 = nn.LayerNorm(config.d_model, eps=config.norm_eps, **factory)
+        self.cross_attn = Attention(config, **factory)
+        self.norm2 = nn.LayerNorm(config.d_model, eps=config.norm_eps, **factory)
+        self.mlp = FeedForward(config, **factory)
+        self.norm3 = nn.LayerNorm(config.d_model, eps=config.norm_eps, **factory)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None, is_causal: bool = True) -> torch.Tensor:
         """x (B, T, d_model), memory (B, S, d_model) -> (B, T, d_model)."""
-
         if self.norm_first:
             x = x + self.self_attn(self.norm1(x), mask=mask, is_causal=is_causal)
             x = x + self.cross_attn(self.norm2(x), context=memory, mask=memory_mask)

@@ -115,8 +115,9 @@ def test_library_attention_scores_zero(root, tmp_path):
     chapter = chapter_by_assignment("03-attention")
     submissions = {}
     named = nbformat.read(str(chapter.solution_path(root)), as_version=4)
-    replace_in_cell(named, "ex3-mha", "out = self.attend(q, k, v, mask=mask, is_causal=is_causal)",
-                    "out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)")
+    replace_in_cell(named, "ex4-attention", "out = attend(q, k, v, mask=mask, is_causal=is_causal)",
+                    "out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,\n"
+                    "                                                         enable_gqa=True)")
     disguised = nbformat.read(str(chapter.solution_path(root)), as_version=4)
     replace_in_cell(disguised, "ex1-attention", "return attention_weights(q, k, mask, scale) @ v",
                     "return getattr(torch.nn.functional, 'scaled_dot_' + 'product_attention')(q, k, v, attn_mask=mask)")
@@ -127,7 +128,7 @@ def test_library_attention_scores_zero(root, tmp_path):
         submissions[name] = path
     scores = nbgrader_tools.autograde(root, chapter, submissions)
     got = {student: {c.grade_id: c.score for c in cells} for student, cells in scores.items()}
-    # named in MultiHeadAttention: its exercise and GQA (which inherits its forward) lose their points
-    assert got["named"] == {"ex1-tests": 3, "ex2-tests": 2, "ex3-tests": 0, "ex4-tests": 0, "ex5-tests": 1}
+    # named in Attention.forward: that exercise loses its points, the others keep theirs
+    assert got["named"] == {"ex1-tests": 3, "ex2-tests": 2, "ex3-tests": 2, "ex4-tests": 0, "ex5-tests": 1}
     # reached at run time from scaled_dot_product_attention: every exercise that calls it
-    assert got["disguised"] == {"ex1-tests": 0, "ex2-tests": 0, "ex3-tests": 0, "ex4-tests": 0, "ex5-tests": 1}
+    assert got["disguised"] == {"ex1-tests": 0, "ex2-tests": 0, "ex3-tests": 2, "ex4-tests": 0, "ex5-tests": 1}

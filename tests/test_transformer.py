@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from llmcourse import attention as A
 from llmcourse import transformer as TR
+from llmcourse.config import TransformerConfig
 from llmcourse.course.checks import expect_tensor
 from llmcourse.course.torch_weights import copy_torch_layer
 
@@ -15,12 +16,23 @@ from transformers import LlamaConfig
 from transformers.models.llama import modeling_llama as hf_llama
 
 
-def llama_config(d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, layers=1, base=10000.0):
-    config = LlamaConfig(hidden_size=d_model, intermediate_size=d_ff, num_attention_heads=n_heads,
-                         num_key_value_heads=n_kv_heads, num_hidden_layers=layers, rms_norm_eps=1e-5,
-                         rope_theta=base, max_position_embeddings=256, vocab_size=97)
-    config._attn_implementation = "eager"
-    return config
+def llama_config(d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, layers=1, base=10000.0, head_dim=None):
+    return LlamaConfig(hidden_size=d_model, intermediate_size=d_ff, num_attention_heads=n_heads,
+                       num_key_value_heads=n_kv_heads, head_dim=head_dim or d_model // n_heads,
+                       num_hidden_layers=layers, rms_norm_eps=1e-5, rope_theta=base, max_position_embeddings=256,
+                       vocab_size=97, attn_implementation="eager")
+
+
+def ours_from(hf_config: LlamaConfig, **fields) -> TransformerConfig:
+    """The course's config for the same Llama shape (no biases, RMSNorm's eps)."""
+    return TransformerConfig(d_model=hf_config.hidden_size, n_heads=hf_config.num_attention_heads,
+                             n_kv_heads=hf_config.num_key_value_heads, head_dim=hf_config.head_dim,
+                             d_ff=hf_config.intermediate_size, bias=False, norm_eps=hf_config.rms_norm_eps, **fields)
+
+
+def encoder_config(d_model, n_heads, d_ff, norm_first) -> TransformerConfig:
+    """The shape of an nn.TransformerEncoderLayer/DecoderLayer with GELU."""
+    return TransformerConfig(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm_first=norm_first, activation="gelu")
 
 
 def randomise_norms(module):
@@ -59,7 +71,7 @@ def test_swiglu_and_feedforward_match_formulas(device):
     torch.manual_seed(1)
     config = llama_config(d_model=32, d_ff=88)
     llama = hf_llama.LlamaMLP(config).to(device)
-    ours = TR.SwiGLU(32, 88, device=device)
+    ours = TR.SwiGLU(ours_from(config), device=device)
     ours.load_state_dict(llama.state_dict(), strict=True)
     x = torch.randn(2, 5, 32, device=device, requires_grad=True)
     x_hf = x.detach().clone().requires_grad_()
@@ -72,10 +84,14 @@ def test_swiglu_and_feedforward_match_formulas(device):
     want.sum().backward()
     expect_tensor(x.grad, x_hf.grad, "the input gradient of SwiGLU")
     compare_grads(ours, llama)
-    ffn = TR.FeedForward(16, 64, device=device)
     y = torch.randn(4, 16, device=device)
-    expect_tensor(ffn(y), torch.nn.functional.gelu(y @ ffn.up_proj.weight.T + ffn.up_proj.bias) @ ffn.down_proj.weight.T
-                  + ffn.down_proj.bias, "FeedForward vs its formula")
+    for activation, formula in [("gelu", torch.nn.functional.gelu), ("relu", torch.relu),
+                                ("gelu_tanh", lambda z: 0.5 * z * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (z + 0.044715 * z ** 3))))]:
+        ffn = TR.FeedForward(TransformerConfig(d_model=16, n_heads=2, d_ff=64, activation=activation), device=device)
+        expect_tensor(ffn(y), formula(y @ ffn.up_proj.weight.T + ffn.up_proj.bias) @ ffn.down_proj.weight.T
+                      + ffn.down_proj.bias, f"FeedForward({activation}) vs its formula")
+    with pytest.raises(ValueError, match="activation"):
+        TR.FeedForward(TransformerConfig(d_model=16, n_heads=2, activation="swish"))
 
 
 @pytest.mark.parity
@@ -133,13 +149,13 @@ def test_rope_preserves_norms_and_checks_shapes():
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("n_heads, n_kv_heads", [(4, 4), (4, 2), (4, 1), (8, 2)])
-def test_decoder_block_matches_llama_decoder_layer(device, n_heads, n_kv_heads):
+@pytest.mark.parametrize("n_heads, n_kv_heads, head_dim", [(4, 4, 16), (4, 2, 16), (4, 1, 16), (8, 2, 8), (4, 2, 24)])
+def test_decoder_block_matches_llama_decoder_layer(device, n_heads, n_kv_heads, head_dim):
     torch.manual_seed(2)
-    config = llama_config(d_model=64, n_heads=n_heads, n_kv_heads=n_kv_heads)
+    config = llama_config(d_model=64, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim)
     hf = hf_llama.LlamaDecoderLayer(config, layer_idx=0).to(device)
     randomise_norms(hf)
-    ours = TR.DecoderBlock(64, n_heads, n_kv_heads, 128, eps=1e-5, device=device)
+    ours = TR.DecoderBlock(ours_from(config), device=device)
     ours.load_state_dict(hf.state_dict(), strict=True)  # the names are Llama's: a 1:1 map
     T = 13
     x = torch.randn(2, T, 64, device=device, requires_grad=True)
@@ -147,10 +163,10 @@ def test_decoder_block_matches_llama_decoder_layer(device, n_heads, n_kv_heads):
     positions = torch.arange(T, device=device)[None].expand(2, T)
     lengths = torch.tensor([T, 8], device=device)
     keep = (torch.arange(T, device=device)[None] < lengths[:, None])[:, None, None, :] & A.causal_mask(T, device=device)
-    got = ours(x, TR.RotaryEmbedding(64 // n_heads, device=device)(x, positions), mask=keep)
+    got = ours(x, TR.RotaryEmbedding(head_dim, device=device)(x, positions), mask=keep)
     want = hf(x_hf, attention_mask=A.additive_mask(keep), position_embeddings=hf_llama.LlamaRotaryEmbedding(config).to(device)(x_hf, positions))
     want = want[0] if isinstance(want, tuple) else want
-    expect_tensor(got, want, f"DecoderBlock {n_heads}/{n_kv_heads} vs LlamaDecoderLayer")
+    expect_tensor(got, want, f"DecoderBlock {n_heads}/{n_kv_heads} heads of {head_dim} vs LlamaDecoderLayer")
     g = torch.randn_like(want)
     got.backward(g)
     want.backward(g)
@@ -165,7 +181,7 @@ def test_a_stack_of_blocks_is_a_llama_model():
     config = llama_config(layers=3)
     hf = hf_llama.LlamaModel(config).eval()
     randomise_norms(hf)
-    blocks = torch.nn.ModuleList(TR.DecoderBlock(64, 4, 2, 128, eps=1e-5) for _ in range(3))
+    blocks = torch.nn.ModuleList(TR.DecoderBlock(ours_from(config)) for _ in range(3))
     blocks.load_state_dict(hf.layers.state_dict(), strict=True)
     final_norm = TR.RMSNorm(64, eps=1e-5)
     final_norm.load_state_dict(hf.norm.state_dict())
@@ -186,7 +202,7 @@ def test_decoder_block_bf16_on_cuda():
     torch.manual_seed(4)
     config = llama_config(d_model=128, n_heads=8, n_kv_heads=2, d_ff=256)
     hf = hf_llama.LlamaDecoderLayer(config, layer_idx=0).to("cuda", torch.bfloat16)
-    ours = TR.DecoderBlock(128, 8, 2, 256, eps=1e-5, device="cuda", dtype=torch.bfloat16)
+    ours = TR.DecoderBlock(ours_from(config), device="cuda", dtype=torch.bfloat16)
     ours.load_state_dict(hf.state_dict())
     x = torch.randn(2, 40, 128, device="cuda", dtype=torch.bfloat16)
     positions = torch.arange(40, device="cuda")[None].expand(2, 40)
@@ -204,7 +220,7 @@ def test_encoder_block_matches_torch(device, norm_first):
     reference = torch.nn.TransformerEncoderLayer(64, 8, 256, dropout=0.0, activation="gelu", batch_first=True,
                                                  norm_first=norm_first, device=device)
     randomise_norms(reference)
-    ours = TR.EncoderBlock(64, 8, 256, norm_first=norm_first, device=device)
+    ours = TR.EncoderBlock(encoder_config(64, 8, 256, norm_first), device=device)
     copy_torch_layer(ours, reference)
     x = torch.randn(3, 9, 64, device=device, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
@@ -224,7 +240,7 @@ def test_cross_attention_decoder_block_matches_torch(device, norm_first):
     reference = torch.nn.TransformerDecoderLayer(64, 8, 256, dropout=0.0, activation="gelu", batch_first=True,
                                                  norm_first=norm_first, device=device)
     randomise_norms(reference)
-    ours = TR.CrossAttentionDecoderBlock(64, 8, 256, norm_first=norm_first, device=device)
+    ours = TR.CrossAttentionDecoderBlock(encoder_config(64, 8, 256, norm_first), device=device)
     copy_torch_layer(ours, reference)
     x = torch.randn(2, 7, 64, device=device, requires_grad=True)
     memory = torch.randn(2, 11, 64, device=device, requires_grad=True)
@@ -239,3 +255,45 @@ def test_cross_attention_decoder_block_matches_torch(device, norm_first):
     expect_tensor(memory.grad, memory_ref.grad, "the gradient of memory", atol=1e-4)
     expect_tensor(ours.cross_attn.v_proj.weight.grad, reference.multihead_attn.in_proj_weight.grad.chunk(3)[2],
                   "the gradient of cross_attn.v_proj", atol=1e-4)
+
+
+def test_one_forward_signature_for_every_attention():
+    """RotaryAttention keeps Attention's forward; positions are a keyword of the same call."""
+    import inspect
+
+    assert TR.RotaryAttention.forward is A.Attention.forward
+    assert "position_embeddings" in inspect.signature(A.Attention.forward).parameters
+    layer = TR.RotaryAttention(TransformerConfig(d_model=32, n_heads=4, n_kv_heads=2))
+    with pytest.raises(ValueError, match="position_embeddings"):
+        layer(torch.randn(1, 3, 32))
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_blocks_take_one_config(attn_implementation):
+    """Every block is built from a TransformerConfig; its fields reach every layer."""
+    config = TransformerConfig(d_model=48, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=80, bias=False, norm_eps=1e-5,
+                               attn_implementation=attn_implementation)
+    block = TR.DecoderBlock(config)
+    shapes = {name: tuple(p.shape) for name, p in block.named_parameters()}
+    assert shapes["self_attn.q_proj.weight"] == (64, 48) and shapes["self_attn.k_proj.weight"] == (32, 48)
+    assert shapes["mlp.gate_proj.weight"] == (80, 48) and block.input_layernorm.eps == 1e-5
+    assert not any(name.endswith("bias") for name in shapes), "bias=False reaches every layer"
+    encoder = TR.EncoderBlock(TransformerConfig(d_model=48, n_heads=4, head_dim=16, d_ff=80, norm_first=False))
+    assert tuple(encoder.self_attn.o_proj.weight.shape) == (48, 64) and encoder.self_attn.o_proj.bias is not None
+    x = torch.randn(2, 5, 48)
+    assert encoder(x).shape == x.shape
+    decoder = TR.CrossAttentionDecoderBlock(TransformerConfig(d_model=48, n_heads=4, n_kv_heads=1))
+    assert decoder(x, torch.randn(2, 3, 48)).shape == x.shape
+
+
+@pytest.mark.parity
+def test_decoder_block_sdpa_equals_eager(device):
+    torch.manual_seed(11)
+    config = llama_config(d_model=64, n_heads=8, n_kv_heads=2)
+    eager = TR.DecoderBlock(ours_from(config), device=device)
+    fast = TR.DecoderBlock(ours_from(config, attn_implementation="sdpa"), device=device)
+    fast.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 9, 64, device=device)
+    pe = TR.RotaryEmbedding(8, device=device)(x, torch.arange(9, device=device))
+    keep = A.padding_mask(torch.tensor([[1] * 9, [1] * 6 + [0] * 3], device=device))
+    expect_tensor(fast(x, pe, mask=keep), eager(x, pe, mask=keep), "DecoderBlock with sdpa vs eager")

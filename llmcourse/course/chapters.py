@@ -30,7 +30,7 @@ class Chapter:
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(1, "01-tokenizers", "tokenizers", "Tokenizers", ("tokenizer",), ("test_tokenizer.py",)),
     Chapter(2, "02-embeddings", "embeddings", "Embeddings", ("embeddings",), ("test_embeddings.py",)),
-    Chapter(3, "03-attention", "attention", "Attention", ("attention",), ("test_attention.py",)),
+    Chapter(3, "03-attention", "attention", "Attention", ("config", "attention"), ("test_attention.py",)),
     Chapter(4, "04-transformer", "transformer", "The Transformer block and RoPE", ("transformer",),
             ("test_transformer.py",)),
 )

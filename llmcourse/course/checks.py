@@ -165,3 +165,7 @@ ATTENTION_FORBIDDEN = ("scaled_dot_product_attention", "MultiheadAttention", "mu
                        "_scaled_dot_product_attention_math", "_scaled_dot_product_flash_attention",
                        "_scaled_dot_product_efficient_attention", "flash_attn_func")
 """Names the attention exercises may not use (checked in every export cell)."""
+
+ATTENTION_FAST_PATHS = ("sdpa_attention", "ATTENTION_FUNCTIONS")
+"""Given, ungraded definitions of llmcourse.attention that may call PyTorch's attention: the
+`attn_implementation="sdpa"` switch. The rule above applies to every other definition."""

@@ -23,7 +23,7 @@ def cmd_generate(args) -> int:
     from .nbgrader_tools import generate_exercises
     root = repo_root()
     chapters = [chapter_by_assignment(a) for a in args.chapters] if args.chapters else CHAPTERS
-    for path in export_reference(root):
+    for path in export_reference(root, chapters):
         print(f"exported  {path.relative_to(root)}")
     for path in generate_exercises(root, chapters=chapters):
         print(f"generated {path.relative_to(root)}")

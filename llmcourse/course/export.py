@@ -66,12 +66,14 @@ class ExportCell:
     index: int  # 1-based position in the notebook, as Jupyter shows it
     module: str
     code: str  # the cell without its directive line and nbgrader markers
+    cell_lines: list[int] = field(repr=False, default_factory=list)  # code line i -> line cell_lines[i-1] of the cell
     tree: ast.Module = field(repr=False, default=None)
 
     def error(self, node_or_line, message: str) -> ExportError:
         line = getattr(node_or_line, "lineno", node_or_line)
-        # +1: the directive line was cut off, and the learner counts it
-        return ExportError(self.notebook, self.index, None if line is None else line + 1, message)
+        if line is not None:  # the line as the learner counts it, directive and markers included
+            line = self.cell_lines[line - 1] if 0 < line <= len(self.cell_lines) else line + 1
+        return ExportError(self.notebook, self.index, line, message)
 
 
 def read_notebook(path: Path):
@@ -100,8 +102,12 @@ def export_cells(path: Path) -> list[ExportCell]:
         module = match.group(1).strip()
         if not MODULE_NAME.match(module):
             raise ExportError(path, index, 1, f"'#| export' needs a module name like 'tokenizer' or 'models/gpt', got {module!r}")
-        code = "\n".join("" if NBGRADER_MARKERS.match(line) else line for line in rest.split("\n"))
-        export = ExportCell(Path(path), index, module, code)
+        # Marker lines are dropped, not blanked, so the module reads as if written by hand; a
+        # cell's line numbers in errors then count from the code without them.
+        kept = [(number, line) for number, line in enumerate(rest.split("\n"), start=2)
+                if not NBGRADER_MARKERS.match(line)]
+        code = "\n".join(line for _, line in kept)
+        export = ExportCell(Path(path), index, module, code, [number for number, _ in kept])
         try:
             export.tree = ast.parse(code)
         except SyntaxError as error:
@@ -339,10 +345,10 @@ def reference_package_dir() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def export_reference(root: Path) -> list[Path]:
-    """solutions/ -> the reference package's chapter modules (the committed llmcourse/)."""
+def export_reference(root: Path, chapters: tuple[Chapter, ...] = CHAPTERS) -> list[Path]:
+    """solutions/ -> the reference package's modules of `chapters` (the committed llmcourse/)."""
     root = Path(root)
-    notebooks = [c.solution_path(root) for c in CHAPTERS]
+    notebooks = [c.solution_path(root) for c in chapters]
     return write_modules(build_modules(notebooks, relative_to=root), root / PACKAGE)
 
 

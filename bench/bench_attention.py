@@ -57,7 +57,8 @@ def run_case(args, n_kv_heads: int, causal: bool) -> list[tuple[str, float]]:
     rows = []
     with torch.no_grad():
         for name, fn in [
-            ("torch F.scaled_dot_product_attention", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)),
+            ("torch F.scaled_dot_product_attention",
+             lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)),
             ("ours eager_attention", lambda: A.eager_attention(q, k, v, is_causal=causal)),
             ("ours sdpa_attention", lambda: A.sdpa_attention(q, k, v, is_causal=causal)),
             ("Attention layer, eager", lambda: eager_layer(x, is_causal=causal)),

@@ -72,7 +72,8 @@ def main() -> None:
 
         ours = course(scratch / "ours", chapter)
         assert nbgrader(["generate_assignment", chapter.assignment, "--force",
-                         f"--CourseDirectory.release_directory={ours / 'grading' / 'release'}"], cwd=ours).returncode == 0
+                         f"--CourseDirectory.release_directory={ours / 'grading' / 'release'}"],
+                        cwd=ours).returncode == 0
         start = time.perf_counter()
         report = grading.grade_class(ours, chapter, folder, Limits(), jobs=args.jobs, feedback=False,
                                      progress=lambda *_: None)
@@ -80,8 +81,8 @@ def main() -> None:
         same = all(report.recorded[s] == plain_scores[s] for s in plain_scores)
 
     print(f"{args.students} submissions of {chapter.assignment} on {os.cpu_count()} cores")
-    print(f"| grader | seconds | per submission |")
-    print(f"|---|---|---|")
+    print("| grader | seconds | per submission |")
+    print("|---|---|---|")
     print(f"| nbgrader autograde (serial) | {serial:.1f} | {serial / args.students:.2f} |")
     print(f"| llmcourse grade --jobs {args.jobs} | {parallel:.1f} | {parallel / args.students:.2f} |")
     print(f"speed-up: {serial / parallel:.2f}x; same scores in both gradebooks: {same}")

@@ -11,8 +11,13 @@ from hypothesis import strategies as st
 
 from llmcourse import attention as A
 from llmcourse.config import ATTENTION_IMPLEMENTATIONS, TransformerConfig
-from llmcourse.course.checks import (ATTENTION_FAST_PATHS, ATTENTION_FORBIDDEN, attention_tripwires, expect_tensor,
-                                     forbidden_uses_in_cell)
+from llmcourse.course.checks import (
+    ATTENTION_FAST_PATHS,
+    ATTENTION_FORBIDDEN,
+    attention_tripwires,
+    expect_tensor,
+    forbidden_uses_in_cell,
+)
 from llmcourse.course.torch_weights import copy_torch_attention
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 2e-3}
@@ -71,7 +76,8 @@ def test_sdpa_matches_torch(device, dtype, mask_kind, causal):
        heads=st.integers(1, 3), seed=st.integers(0, 10**6))
 def test_sdpa_any_shape_with_masks(T, S, d, dv, heads, seed):
     g = torch.Generator().manual_seed(seed)
-    q, k = torch.randn(heads, T, d, generator=g, dtype=torch.float64), torch.randn(heads, S, d, generator=g, dtype=torch.float64)
+    q, k = (torch.randn(heads, T, d, generator=g, dtype=torch.float64),
+            torch.randn(heads, S, d, generator=g, dtype=torch.float64))
     v = torch.randn(heads, S, dv, generator=g, dtype=torch.float64)
     mask = torch.rand(T, S, generator=g) > 0.5  # rows may be fully blocked: both give zeros
     with attention_tripwires():
@@ -83,7 +89,8 @@ def test_sdpa_any_shape_with_masks(T, S, d, dv, heads, seed):
 
 
 def test_causal_mask_alignment_and_errors():
-    expect_tensor(A.causal_mask(3, 5).long(), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]), "causal_mask(3, 5)")
+    expect_tensor(A.causal_mask(3, 5).long(), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]),
+                  "causal_mask(3, 5)")
     assert A.causal_mask(4).dtype == torch.bool
     with pytest.raises(ValueError):
         A.causal_mask(4, 2)
@@ -143,7 +150,8 @@ def test_multi_head_attention_matches_torch(device, d_model, n_heads):
     loss_ours, loss_ref = got["cross"].square().sum(), want["cross"].square().sum()
     loss_ours.backward()
     loss_ref.backward()
-    expect_tensor(ours.k_proj.weight.grad, reference.in_proj_weight.grad.chunk(3)[1], "the gradient of k_proj.weight", atol=1e-4)
+    expect_tensor(ours.k_proj.weight.grad, reference.in_proj_weight.grad.chunk(3)[1], "the gradient of k_proj.weight",
+                  atol=1e-4)
     expect_tensor(ours.o_proj.bias.grad, reference.out_proj.bias.grad, "the gradient of o_proj.bias", atol=1e-4)
 
 
@@ -202,7 +210,8 @@ def test_grouped_query_attention_bf16_on_cuda():
     ours = A.Attention(config(128, 8, n_kv_heads=2, bias=False), device="cuda", dtype=torch.bfloat16)
     ours.load_state_dict(hf.state_dict())
     x = torch.randn(2, 33, 128, device="cuda", dtype=torch.bfloat16)
-    rot = (torch.ones(2, 33, 16, device="cuda", dtype=torch.bfloat16), torch.zeros(2, 33, 16, device="cuda", dtype=torch.bfloat16))
+    rot = (torch.ones(2, 33, 16, device="cuda", dtype=torch.bfloat16),
+           torch.zeros(2, 33, 16, device="cuda", dtype=torch.bfloat16))
     causal = A.additive_mask(A.causal_mask(33, device="cuda"), torch.bfloat16)[None, None]
     with torch.no_grad():
         expect_tensor(ours(x, is_causal=True), hf(x, position_embeddings=rot, attention_mask=causal)[0],
@@ -220,7 +229,8 @@ def test_attention_builds_each_projection_once_at_its_size():
         torch.nn.Linear(n_in, n_out, bias=False)
     expect_tensor(after, torch.rand(4), "the random stream after building Attention")
     shapes = {name: tuple(t.shape) for name, t in layer.state_dict().items()}
-    assert shapes == {"q_proj.weight": (24, 32), "k_proj.weight": (6, 32), "v_proj.weight": (6, 32), "o_proj.weight": (32, 24)}
+    assert shapes == {"q_proj.weight": (24, 32), "k_proj.weight": (6, 32), "v_proj.weight": (6, 32),
+                      "o_proj.weight": (32, 24)}
     assert all(m.bias is not None for m in A.Attention(config(32, 4)).modules() if isinstance(m, torch.nn.Linear)), \
         "the default config has biases in every projection, whatever n_kv_heads is"
 

@@ -55,14 +55,16 @@ def test_forbidden_names_are_found_in_code_not_in_own_definitions():
     uses = checks.forbidden_names_in(source, checks.ATTENTION_FORBIDDEN)
     assert [line for line, _ in uses] == [2, 4, 6]
     # per exercise: top-level imports count against everyone, a body only against its exercise
-    assert [l for l, _ in checks.forbidden_uses_in_cell(source, checks.ATTENTION_FORBIDDEN, defines=("other",))] == [2]
+    assert [line for line, _ in checks.forbidden_uses_in_cell(source, checks.ATTENTION_FORBIDDEN,
+                                                              defines=("other",))] == [2]
     own = "def scaled_dot_product_attention(q, k, v):\n    return (q @ k.mT).softmax(-1) @ v\n"
     assert checks.forbidden_uses_in_cell(own, checks.ATTENTION_FORBIDDEN) == []
 
 
 def test_check_export_cells_reads_the_history():
     history = ["", "#| export attention\nimport torch\n", "x = F.scaled_dot_product_attention  # not exported",
-               "#| export attention\ndef mine(q):\n    return torch.nn.functional.scaled_dot_product_attention(q, q, q)\n"]
+               "#| export attention\ndef mine(q):\n"
+               "    return torch.nn.functional.scaled_dot_product_attention(q, q, q)\n"]
     checks.check_export_cells(checks.ATTENTION_FORBIDDEN, defines=("other",), history=history)
     with pytest.raises(checks.ForbiddenAPIError, match=r"In\[3\]"):
         checks.check_export_cells(checks.ATTENTION_FORBIDDEN, defines=("mine",), history=history)

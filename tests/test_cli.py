@@ -29,7 +29,8 @@ def test_train_tokenizer_on_a_user_file(root, tmp_path):
 
 
 def test_missing_text_file_is_a_clear_error(root, tmp_path):
-    result = llmcourse("train-tokenizer", "--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "t.json"), cwd=root)
+    result = llmcourse("train-tokenizer", "--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "t.json"),
+                       cwd=root)
     assert result.returncode == 2 and "nope.txt" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "t.json").exists()
 

@@ -48,8 +48,8 @@ def test_exports_only_export_cells_without_markers(tmp_path):
 
 
 def test_rewrites_package_imports_to_relative(tmp_path):
-    path = notebook(tmp_path, "#| export tokenizer\nfrom llmcourse.tokenizer import merge\nimport llmcourse.course.corpus as corpus\n"
-                    "from llmcourse import course\n")
+    path = notebook(tmp_path, "#| export tokenizer\nfrom llmcourse.tokenizer import merge\n"
+                    "import llmcourse.course.corpus as corpus\nfrom llmcourse import course\n")
     text = build_modules([path])["tokenizer"]
     assert "from .tokenizer import merge" in text
     assert "from .course import corpus as corpus" in text
@@ -86,7 +86,8 @@ def test_refuses_bad_module_name(tmp_path):
 
 
 def test_refuses_a_name_defined_in_two_cells(tmp_path):
-    message = export_error(tmp_path, "#| export tokenizer\ndef merge():\n    pass", "#| export tokenizer\nX = 1\nmerge = 2")
+    message = export_error(tmp_path, "#| export tokenizer\ndef merge():\n    pass",
+                           "#| export tokenizer\nX = 1\nmerge = 2")
     assert "'merge' is already defined in cell 2" in message and "cell 3, line 3" in message
 
 
@@ -134,12 +135,14 @@ def test_a_learner_package_is_tested_on_its_own_code(tmp_path, root):
     reference = str(root / "llmcourse")
     assert reference not in (solved / "llmcourse" / "tokenizer.py").read_text()
     # the learner's command: ./course test --package DIR --chapter 01-tokenizers
-    passed = subprocess.run([sys.executable, "-m", "llmcourse", "test", "--package", str(solved), "--chapter", CHAPTER.assignment,
-                             "-p", "no:cacheprovider"], cwd=root, capture_output=True, text=True)
+    passed = subprocess.run([sys.executable, "-m", "llmcourse", "test", "--package", str(solved),
+                             "--chapter", CHAPTER.assignment, "-p", "no:cacheprovider"],
+                            cwd=root, capture_output=True, text=True)
     assert passed.returncode == 0, passed.stdout[-3000:]
     assert f"llmcourse under test: {solved / 'llmcourse'}" in passed.stdout
     blank = tmp_path / "blank"
     export_package([CHAPTER.exercise_path(root)], blank, fallback_root=root)
     tests = [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", str(root / "tests" / "test_tokenizer.py")]
-    failed = subprocess.run(tests, cwd=root, env=dict(os.environ, LLMCOURSE_PACKAGE=str(blank)), capture_output=True, text=True)
+    failed = subprocess.run(tests, cwd=root, env=dict(os.environ, LLMCOURSE_PACKAGE=str(blank)),
+                            capture_output=True, text=True)
     assert failed.returncode == 1 and "NotImplementedError" in failed.stdout, failed.stdout[-3000:]

@@ -211,7 +211,8 @@ def expect(results, student, total, zero=(), reason=None):
     assert set(got) == set(POINTS), f"{student}: graded cells {sorted(got)}"
     for grade_id, points in POINTS.items():
         want = 0 if grade_id in zero else points
-        assert got[grade_id] == want, f"{student}: {grade_id} scored {got[grade_id]}, expected {want}; {result.findings}"
+        assert got[grade_id] == want, (f"{student}: {grade_id} scored {got[grade_id]}, "
+                                       f"expected {want}; {result.findings}")
     assert result.score == total
     if reason is not None:
         text = " ".join(f.message for f in result.findings) + " " + " ".join(e.message for e in result.exercises)
@@ -296,7 +297,8 @@ def test_grading_files_and_other_students_are_out_of_reach(graded):
 def test_gradebook_feedback_and_summary(graded):
     course, report, results = graded
     for student, result in results.items():
-        assert report.recorded[student] in (None, result.score), f"{student}: gradebook {report.recorded[student]} vs {result.score}"
+        assert report.recorded[student] in (None, result.score), (f"{student}: gradebook {report.recorded[student]} "
+                                                                  f"vs {result.score}")
     assert report.recorded["correct"] == FULL and report.recorded["blank"] == 0
     assert (course / "feedback" / "correct" / "01-tokenizers" / "tokenizers.html").exists()
     grades = (report.summary_path.parent / "grades.csv").read_text(encoding="utf-8")
@@ -331,7 +333,8 @@ def test_learner_check_on_attention_refuses_the_reference_and_library(root, tmp_
     disguised = copy.deepcopy(good)
     cell(disguised, "ex5-kv").source += ("\n\nimport importlib\n"
                                          "def kv_cache_bytes(*args, **kwargs):\n"
-                                         "    return importlib.import_module('llmcourse.' + 'attention').kv_cache_bytes(*args, **kwargs)\n")
+                                         "    return importlib.import_module('llmcourse.' + 'attention')"
+                                         ".kv_cache_bytes(*args, **kwargs)\n")
     library = copy.deepcopy(good)
     cell(library, "ex3-mha").source = cell(library, "ex3-mha").source.replace(
         "out = self.attend(q, k, v, mask=mask, is_causal=is_causal)",
@@ -346,7 +349,8 @@ def test_learner_check_on_attention_refuses_the_reference_and_library(root, tmp_
     for name in ("named", "disguised"):
         got = {e.grade_id: e.score for e in results[name].exercises}
         assert got["ex5-tests"] == 0 and sum(got.values()) == 11, f"{name}: {got}"
-        text = " ".join(f.message for f in results[name].findings) + " ".join(e.message for e in results[name].exercises)
+        text = (" ".join(f.message for f in results[name].findings)
+                + " ".join(e.message for e in results[name].exercises))
         assert "reference solution" in text, text
     got = {e.grade_id: e.score for e in results["library"].exercises}
     assert got == {"ex1-tests": 3, "ex2-tests": 2, "ex3-tests": 0, "ex4-tests": 0, "ex5-tests": 1}, got

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -27,7 +26,8 @@ def test_notebook_structure(root, chapter):
         meta = cell.metadata["nbgrader"]
         assert meta["locked"] and meta["points"] > 0, f"{meta['grade_id']}: grade cells are locked and worth points"
         assert "### BEGIN HIDDEN TESTS" in cell.source, f"{meta['grade_id']}: every grade cell has hidden tests"
-    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "commit solutions without outputs"
+    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), (
+        "commit solutions without outputs")
 
 
 @pytest.mark.slow
@@ -38,9 +38,11 @@ def test_solutions_full_marks_and_blank_exercises_zero(root, chapter):
         "blank": chapter.exercise_path(root),
     })
     for cell in scores["solution"]:
-        assert cell.score == cell.max_score, f"the solution loses points on {cell.grade_id}: {cell.score}/{cell.max_score}"
+        assert cell.score == cell.max_score, (f"the solution loses points on {cell.grade_id}: "
+                                              f"{cell.score}/{cell.max_score}")
     for cell in scores["blank"]:
-        assert cell.score == 0, f"{cell.grade_id} gives {cell.score} points to the blank exercise: a test that cannot fail"
+        assert cell.score == 0, (f"{cell.grade_id} gives {cell.score} points to the blank exercise: "
+                                 "a test that cannot fail")
     assert len(scores["blank"]) == len(scores["solution"]) > 0
 
 
@@ -50,7 +52,8 @@ def test_exercises_are_generated_from_solutions(root, tmp_path):
     for chapter in CHAPTERS:
         fresh, committed = chapter.exercise_path(tmp_path), chapter.exercise_path(root)
         assert committed.exists(), f"{committed} is missing: run ./course generate"
-        assert nbgrader_tools.same_notebook(fresh, committed), f"{committed} differs from solutions/: run ./course generate"
+        assert nbgrader_tools.same_notebook(fresh, committed), (f"{committed} differs from solutions/: "
+                                                                "run ./course generate")
 
 
 def test_package_modules_are_exported_from_solutions(root):
@@ -116,7 +119,8 @@ def test_library_attention_scores_zero(root, tmp_path):
     submissions = {}
     named = nbformat.read(str(chapter.solution_path(root)), as_version=4)
     replace_in_cell(named, "ex4-attention", "out = attend(q, k, v, mask=mask, is_causal=is_causal)",
-                    "out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,\n"
+                    "out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, "
+                    "is_causal=is_causal,\n"
                     "                                                         enable_gqa=True)")
     disguised = nbformat.read(str(chapter.solution_path(root)), as_version=4)
     replace_in_cell(disguised, "ex1-attention", "return attention_weights(q, k, mask, scale) @ v",

@@ -5,15 +5,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers import LlamaConfig
+from transformers.models.llama import modeling_llama as hf_llama
 
 from llmcourse import attention as A
 from llmcourse import transformer as TR
 from llmcourse.config import TransformerConfig
 from llmcourse.course.checks import expect_tensor
 from llmcourse.course.torch_weights import copy_torch_layer
-
-from transformers import LlamaConfig
-from transformers.models.llama import modeling_llama as hf_llama
 
 
 def llama_config(d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, layers=1, base=10000.0, head_dim=None):
@@ -85,8 +84,10 @@ def test_swiglu_and_feedforward_match_formulas(device):
     expect_tensor(x.grad, x_hf.grad, "the input gradient of SwiGLU")
     compare_grads(ours, llama)
     y = torch.randn(4, 16, device=device)
-    for activation, formula in [("gelu", torch.nn.functional.gelu), ("relu", torch.relu),
-                                ("gelu_tanh", lambda z: 0.5 * z * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (z + 0.044715 * z ** 3))))]:
+    for activation, formula in [
+        ("gelu", torch.nn.functional.gelu), ("relu", torch.relu),
+        ("gelu_tanh", lambda z: 0.5 * z * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (z + 0.044715 * z ** 3)))),
+    ]:
         ffn = TR.FeedForward(TransformerConfig(d_model=16, n_heads=2, d_ff=64, activation=activation), device=device)
         expect_tensor(ffn(y), formula(y @ ffn.up_proj.weight.T + ffn.up_proj.bias) @ ffn.down_proj.weight.T
                       + ffn.down_proj.bias, f"FeedForward({activation}) vs its formula")
@@ -119,7 +120,8 @@ def test_rope_matches_llama(device, head_dim, base):
 def test_rope_scores_depend_only_on_the_offset(m, n, shift, seed):
     """<RoPE(q, m), RoPE(k, n)> = <RoPE(q, m + s), RoPE(k, n + s)> for every shift s."""
     g = torch.Generator().manual_seed(seed)
-    q, k = torch.randn(1, 1, 1, 64, generator=g, dtype=torch.float64), torch.randn(1, 1, 1, 64, generator=g, dtype=torch.float64)
+    q, k = (torch.randn(1, 1, 1, 64, generator=g, dtype=torch.float64),
+            torch.randn(1, 1, 1, 64, generator=g, dtype=torch.float64))
     m2, n2 = m + shift, n + shift
     if min(m2, n2) < 0:
         return
@@ -164,7 +166,8 @@ def test_decoder_block_matches_llama_decoder_layer(device, n_heads, n_kv_heads, 
     lengths = torch.tensor([T, 8], device=device)
     keep = (torch.arange(T, device=device)[None] < lengths[:, None])[:, None, None, :] & A.causal_mask(T, device=device)
     got = ours(x, TR.RotaryEmbedding(head_dim, device=device)(x, positions), mask=keep)
-    want = hf(x_hf, attention_mask=A.additive_mask(keep), position_embeddings=hf_llama.LlamaRotaryEmbedding(config).to(device)(x_hf, positions))
+    want = hf(x_hf, attention_mask=A.additive_mask(keep),
+              position_embeddings=hf_llama.LlamaRotaryEmbedding(config).to(device)(x_hf, positions))
     want = want[0] if isinstance(want, tuple) else want
     expect_tensor(got, want, f"DecoderBlock {n_heads}/{n_kv_heads} heads of {head_dim} vs LlamaDecoderLayer")
     g = torch.randn_like(want)
@@ -208,7 +211,8 @@ def test_decoder_block_bf16_on_cuda():
     positions = torch.arange(40, device="cuda")[None].expand(2, 40)
     causal = A.additive_mask(A.causal_mask(40, device="cuda"), torch.bfloat16)[None, None]
     with torch.no_grad():
-        want = hf(x, attention_mask=causal, position_embeddings=hf_llama.LlamaRotaryEmbedding(config).to("cuda")(x, positions))
+        want = hf(x, attention_mask=causal,
+                  position_embeddings=hf_llama.LlamaRotaryEmbedding(config).to("cuda")(x, positions))
         want = want[0] if isinstance(want, tuple) else want
         got = ours(x, TR.RotaryEmbedding(16, device="cuda")(x, positions))
     expect_tensor(got, want, "bf16 DecoderBlock on CUDA", atol=5e-2, rtol=5e-2)

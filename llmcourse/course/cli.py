@@ -114,7 +114,7 @@ def package_test_report(root: Path, chapter, notebook: Path) -> tuple[list[tuple
 
 
 def cmd_check(args) -> int:
-    from .grading import limits_from_args, grade_notebook
+    from .grading import grade_notebook, limits_from_args
     root = repo_root()
     paths = [Path(p) for p in args.notebooks]
     if args.all or not paths:
@@ -159,7 +159,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from .grading import limits_from_args, grade_class, print_report
+    from .grading import grade_class, limits_from_args, print_report
     root = repo_root()
     chapter = chapter_by_assignment(args.assignment)
     print(f"grading {chapter.assignment} from {args.submissions} with {args.jobs} worker(s)")
@@ -180,6 +180,7 @@ def cmd_corpus(args) -> int:
 def cmd_train_tokenizer(args) -> int:
     """Train the package's byte-level BPE on a user's file (or the generated corpus)."""
     import importlib
+
     from .corpus import generate_corpus, load_text
     if args.package:
         sys.path.insert(0, str(Path(args.package).resolve()))
@@ -204,7 +205,8 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmcourse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="llmcourse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="instructors: solutions/ -> exercises/ and the reference llmcourse/ modules")
@@ -213,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="build your own package from your notebooks")
     p.add_argument("notebooks", nargs="*", help="your notebooks (default: every exercises/*/*.ipynb)")
-    p.add_argument("--out", default=DEFAULT_PACKAGE_DIR, help=f"folder for the package (default: {DEFAULT_PACKAGE_DIR})")
+    p.add_argument("--out", default=DEFAULT_PACKAGE_DIR,
+                   help=f"folder for the package (default: {DEFAULT_PACKAGE_DIR})")
     p.add_argument("--reference", action="store_true", help="maintainers: export solutions/ into llmcourse/")
     p.set_defaults(run=cmd_export)
 
@@ -245,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--special", action="append", default=[], help="a special token, e.g. '<|endoftext|>' (repeatable)")
     p.add_argument("--out", required=True, help="where to save the tokenizer (JSON)")
     p.add_argument("--hf-json", help="also write the tokenizers-library format here")
-    p.add_argument("--package", help="use your exported package (the folder holding llmcourse/) instead of the reference")
+    p.add_argument("--package",
+                   help="use your exported package (the folder holding llmcourse/) instead of the reference")
     p.set_defaults(run=cmd_train_tokenizer)
 
     p = sub.add_parser("corpus", help="write the course's generated English/Chinese corpus to a file")

@@ -32,9 +32,9 @@ import os
 import re
 import warnings
 from bisect import bisect
+from collections.abc import Callable
 from pathlib import Path
 from random import Random
-from typing import Callable
 
 __all__ = ["generate_corpus", "stdlib_corpus", "load_text"]
 

@@ -101,7 +101,8 @@ def export_cells(path: Path) -> list[ExportCell]:
             continue
         module = match.group(1).strip()
         if not MODULE_NAME.match(module):
-            raise ExportError(path, index, 1, f"'#| export' needs a module name like 'tokenizer' or 'models/gpt', got {module!r}")
+            raise ExportError(path, index, 1,
+                              f"'#| export' needs a module name like 'tokenizer' or 'models/gpt', got {module!r}")
         # Marker lines are dropped, not blanked, so the module reads as if written by hand; a
         # cell's line numbers in errors then count from the code without them.
         kept = [(number, line) for number, line in enumerate(rest.split("\n"), start=2)
@@ -134,7 +135,8 @@ def check_expression(cell: ExportCell, node, what: str) -> None:
         return
     for sub in ast.walk(node):
         if isinstance(sub, FORBIDDEN_NODES):
-            raise cell.error(sub, f"{what} may not contain {type(sub).__name__.lower()}: it would run when the package is imported")
+            raise cell.error(sub, (f"{what} may not contain {type(sub).__name__.lower()}: "
+                                   "it would run when the package is imported"))
         if isinstance(sub, ast.Call) and dotted_name(sub.func) not in ALLOWED_CALLS:
             name = dotted_name(sub.func) or "an expression"
             raise cell.error(sub, f"{what} calls {name}(), which would run when the package is imported; "
@@ -236,7 +238,8 @@ def relative_import(cell: ExportCell, node, depth: int) -> str | None:
         if not mentions:
             return None
         if len(node.names) > 1 or mentions[0].asname is None or mentions[0].name == PACKAGE:
-            raise cell.error(node, f"write 'from {PACKAGE}.<module> import <name>' (or 'import {PACKAGE}.<module> as <alias>' "
+            raise cell.error(node, f"write 'from {PACKAGE}.<module> import <name>' "
+                             f"(or 'import {PACKAGE}.<module> as <alias>' "
                              "alone on its line) so the import can point at your own package")
         parent, _, leaf = mentions[0].name[len(PACKAGE) + 1:].rpartition(".")
         return f"from {dots}{parent} import {leaf} as {mentions[0].asname}"
@@ -363,9 +366,11 @@ def export_package(notebooks: list[Path], out: Path, fallback_root: Path | None 
     out = Path(out).resolve()
     reference = reference_package_dir()
     if out == reference.parent or reference in out.parents or out == reference:
-        raise ExportError(out, None, None, "refusing to export into the course's own package folder; choose another --out")
+        raise ExportError(out, None, None,
+                          "refusing to export into the course's own package folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not (out / EXPORT_STAMP).exists():
-        raise ExportError(out, None, None, "this folder exists and was not made by 'export'; choose an empty or new --out "
+        raise ExportError(out, None, None,
+                          "this folder exists and was not made by 'export'; choose an empty or new --out "
                           "so nothing of yours is overwritten")
     notebooks = [Path(p) for p in notebooks]
     covered = {chapter_of_notebook(p) for p in notebooks}

@@ -38,8 +38,15 @@ import nbformat
 from .chapters import Chapter
 from .nbgrader_tools import nbgrader
 from .runner import Limits, error_output, execute
-from .submission import (Finding, UnreadableSubmission, exercise_of, is_grade_cell, load_submission, nbgrader_meta,
-                         rebuild)
+from .submission import (
+    Finding,
+    UnreadableSubmission,
+    exercise_of,
+    is_grade_cell,
+    load_submission,
+    nbgrader_meta,
+    rebuild,
+)
 
 PARSE_LOCK = threading.Lock()
 GRADING_DIR = "grading"  # the batch grader's working folder (git-ignored)
@@ -356,7 +363,8 @@ def ensure_assignment(root: Path, chapter: Chapter) -> None:
     result = nbgrader(["generate_assignment", chapter.assignment, "--force",
                        f"--CourseDirectory.release_directory={release}"], cwd=Path(root))
     if result.returncode != 0:
-        raise RuntimeError(f"nbgrader generate_assignment {chapter.assignment} failed:\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(f"nbgrader generate_assignment {chapter.assignment} failed:\n"
+                           f"{result.stdout}\n{result.stderr}")
 
 
 def record_grades(root: Path, chapter: Chapter, executed_dir: Path, students: list[str]) -> str:
@@ -477,8 +485,8 @@ def write_summary(report: ClassReport) -> None:
         writer.writerow(["student", "score", "max_score", *grade_ids, "needs_review"])
         for r in report.results:
             scores = {e.grade_id: e.score for e in r.exercises}
-            writer.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", *(f"{scores.get(g, 0):g}" for g in grade_ids),
-                             " | ".join(r.needs_review)])
+            writer.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}",
+                             *(f"{scores.get(g, 0):g}" for g in grade_ids), " | ".join(r.needs_review)])
 
 
 def print_report(report: ClassReport, out=print) -> None:

@@ -56,7 +56,8 @@ def generate(root: Path, chapter: Chapter, course: Path) -> Path:
     result = nbgrader(["generate_assignment", chapter.assignment, "--force"], cwd=course)
     generated = course / "exercises" / chapter.assignment / f"{chapter.notebook}.ipynb"
     if result.returncode != 0 or not generated.exists():
-        raise RuntimeError(f"nbgrader generate_assignment {chapter.assignment} failed:\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(f"nbgrader generate_assignment {chapter.assignment} failed:\n"
+                           f"{result.stdout}\n{result.stderr}")
     notebook = nbformat.read(str(generated), as_version=4)
     source = chapter.solution_path(course).relative_to(course).as_posix()
     notebook.metadata["llmcourse"] = {"generated": GENERATED_NOTE.format(source=source)}
@@ -90,7 +91,8 @@ class CellScore:
     max_score: float
 
 
-def autograde(root: Path, chapter: Chapter, submissions: dict[str, Path], timeout: float = 600) -> dict[str, list[CellScore]]:
+def autograde(root: Path, chapter: Chapter, submissions: dict[str, Path],
+              timeout: float = 600) -> dict[str, list[CellScore]]:
     """Autograde notebooks {student: path} for one chapter; per-student scores of every graded cell.
 
     Runs generate_assignment and autograde in a scratch course (its own gradebook).
@@ -111,7 +113,8 @@ def autograde(root: Path, chapter: Chapter, submissions: dict[str, Path], timeou
                 try:
                     submission = gradebook.find_submission_notebook(chapter.notebook, chapter.assignment, student)
                 except Exception:
-                    raise RuntimeError(f"nbgrader did not grade {student}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}") from None
+                    raise RuntimeError(f"nbgrader did not grade {student}:\n"
+                                       f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}") from None
                 scores[student] = [CellScore(g.name, g.score, g.max_score) for g in
                                    sorted(submission.grades, key=lambda g: g.cell.name)]
         return scores

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
@@ -212,7 +212,8 @@ def dead_kernel_reason(client: LimitedClient, error: Exception) -> str:
 def record_cell_findings(client: LimitedClient, cell, index: int, events: list[CellEvent]) -> None:
     dropped = client.dropped.get(index)
     if dropped:
-        note = f"[output truncated: {dropped:,} bytes over the limit of {client.output_bytes:,} per cell were dropped]\n"
+        note = (f"[output truncated: {dropped:,} bytes over the limit of {client.output_bytes:,} "
+                "per cell were dropped]\n")
         # stdout: nbgrader gives zero to a grade cell with any stderr output
         cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text=note))
         events.append(CellEvent(index, "truncated", note.strip()))

@@ -77,14 +77,16 @@ def load_submission(path: Path | None, expected_name: str):
     except UnicodeDecodeError as error:
         raise UnreadableSubmission(Finding("invalid", f"{Path(path).name} is not UTF-8 text: {error}")) from None
     except json.JSONDecodeError as error:
-        raise UnreadableSubmission(Finding("invalid", f"{Path(path).name} is not valid JSON "
-                                                      f"(line {error.lineno}, column {error.colno}: {error.msg})")) from None
+        raise UnreadableSubmission(Finding("invalid", f"{Path(path).name} is not valid JSON (line {error.lineno}, "
+                                                      f"column {error.colno}: {error.msg})")) from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise UnreadableSubmission(Finding("invalid", f"{Path(path).name} is JSON but not a notebook (no list of cells)"))
+        raise UnreadableSubmission(Finding("invalid",
+                                           f"{Path(path).name} is JSON but not a notebook (no list of cells)"))
     try:
         notebook = nbformat.reads(raw.decode("utf-8"), as_version=4)
     except Exception as error:  # nbformat raises several kinds for malformed notebooks
-        raise UnreadableSubmission(Finding("invalid", f"{Path(path).name} is not a readable notebook: {error}")) from None
+        raise UnreadableSubmission(Finding("invalid",
+                                           f"{Path(path).name} is not a readable notebook: {error}")) from None
     cells = []
     for cell in notebook.cells:
         if isinstance(cell, dict) and cell.get("cell_type") in {"code", "markdown", "raw"}:

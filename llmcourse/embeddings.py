@@ -14,31 +14,42 @@ import torch
 from torch import nn
 
 
+ID_DTYPES = (torch.int64, torch.int32)
+"""The dtypes token ids may have, as for torch.nn.Embedding (a bool or uint8 tensor would index as a mask)."""
+
+
 class Embedding(nn.Module):
     """A table of `num_embeddings` learned vectors of size `embedding_dim` (Eq. 2.1).
 
-    forward(ids): integer tensor (...) -> (..., embedding_dim), row ids[...] of `weight`,
-    which equals one_hot(ids) @ weight but is computed by indexing.
+    forward(ids): int64 or int32 tensor (...) -> (..., embedding_dim), row ids[...] of `weight`,
+    which equals one_hot(ids) @ weight but is computed by indexing. Every id must lie in
+    [0, num_embeddings - 1]: negative ids do not count from the end, they raise IndexError.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
         super().__init__()
-
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
         self.reset_parameters()
 
-
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-
-        if ids.is_floating_point() or ids.is_complex():
-            raise TypeError(f"token ids must be an integer tensor, got {ids.dtype}")
+        if ids.dtype not in ID_DTYPES:
+            raise TypeError(f"token ids must be an int64 or int32 tensor, got {ids.dtype}")
+        if ids.numel() > 0:
+            # Two scalars come back to the CPU here. Indexing a GPU tensor out of range would
+            # instead stop the whole process with a device-side assert that names no id.
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.num_embeddings:
+                bad = low if low < 0 else high
+                hint = (" (negative ids do not count from the end: remove an ignore index such as -100 "
+                        "before the lookup)") if bad < 0 else ""
+                raise IndexError(f"token id {bad} is out of range: this Embedding has {self.num_embeddings} "
+                                 f"rows, so ids must lie in [0, {self.num_embeddings - 1}]{hint}")
         return self.weight[ids]
-
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -46,9 +57,7 @@ class Embedding(nn.Module):
 
 def normalize_rows(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """x / max(||x||, eps) along the last dimension: unit vectors, and zero stays zero."""
-
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
-
 
 
 def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
@@ -56,7 +65,6 @@ def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor | None = None, eps
 
     A zero vector has similarity 0 with everything (its norm is clamped to `eps`).
     """
-
     b = a if b is None else b
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"a has vectors of size {a.shape[-1]} but b has vectors of size {b.shape[-1]}")
@@ -69,7 +77,6 @@ def top_k_neighbours(query: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[t
     query (d,) or (q, d), keys (n, d) -> scores and int64 indices of shape (k,) or (q, k).
     Ties go to the smaller index.
     """
-
     n = keys.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of keys ({n}), got {k}")
@@ -85,7 +92,6 @@ def mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torc
 
     A sequence with no unmasked token pools to the zero vector.
     """
-
     if attention_mask.shape != hidden_states.shape[:2]:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but hidden_states "
                          f"has (B, T) = {tuple(hidden_states.shape[:2])}")
@@ -100,18 +106,20 @@ DEFAULT_POSITION_BASE = 10000.0
 
 
 def sinusoidal_position_encoding(n_positions: int, d_model: int, base: float = DEFAULT_POSITION_BASE,
-                                 device=None, dtype=torch.float32) -> torch.Tensor:
+                                 device=None, dtype=None) -> torch.Tensor:
     """The fixed position table of the original Transformer (Eq. 2.4): (n_positions, d_model).
 
     PE[p, 2i] = sin(p * base^(-2i/d)), PE[p, 2i+1] = cos(p * base^(-2i/d)).
+    Computed in float64 on the CPU (some accelerators have no float64), rounded to `dtype`
+    (None: torch's default dtype), then moved to `device`.
     """
-
     if d_model % 2:
         raise ValueError(f"d_model must be even (sine/cosine pairs), got {d_model}")
-    positions = torch.arange(n_positions, device=device, dtype=torch.float64)[:, None]  # (P, 1)
-    frequencies = base ** (-torch.arange(0, d_model, 2, device=device, dtype=torch.float64) / d_model)  # (d/2,)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    positions = torch.arange(n_positions, device="cpu", dtype=torch.float64)[:, None]  # (P, 1)
+    frequencies = base ** (-torch.arange(0, d_model, 2, device="cpu", dtype=torch.float64) / d_model)  # (d/2,)
     angles = positions * frequencies  # (P, d/2)
-    table = torch.empty(n_positions, d_model, device=device, dtype=torch.float64)
+    table = torch.empty(n_positions, d_model, device="cpu", dtype=torch.float64)
     table[:, 0::2] = torch.sin(angles)
     table[:, 1::2] = torch.cos(angles)
-    return table.to(dtype)
+    return table.to(dtype).to(device)  # round on the CPU: no float64 tensor reaches the device

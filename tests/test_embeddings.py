@@ -1,13 +1,16 @@
 """Chapter 2: the embeddings module, against torch, known answers, properties and real MiniLM."""
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.overrides import TorchFunctionMode
 
 from llmcourse import embeddings as E
 from llmcourse.course.checks import expect_tensor
@@ -38,6 +41,32 @@ def test_embedding_dtype_device_and_bad_ids():
     assert isinstance(table.weight, torch.nn.Parameter)
     with pytest.raises(TypeError):
         table(torch.tensor([0.0]))
+    with pytest.raises(TypeError):  # indexing would read 7 booleans as a mask over the 7 rows
+        table(torch.ones(7, dtype=torch.bool))
+
+
+def _names_the_number(message: str, number: int) -> bool:
+    """Whether `number` appears in `message` as a whole number (so -1 is not found in -100)."""
+    return re.search(rf"(?<![\d-]){re.escape(str(number))}(?!\d)", message) is not None
+
+
+@pytest.mark.parametrize("bad", [-1, -100, -300, 300, 1000])
+def test_embedding_rejects_ids_outside_the_table(device, bad):
+    """Like torch.nn.Embedding: a negative id (-100 is the usual ignore index) or an id >= rows raises.
+
+    Plain indexing would read -1 as the last row and -100 as row 200 of this 300-row table.
+    """
+    table = E.Embedding(300, 3, device=device)
+    ids = torch.tensor([[0, 299, 2], [3, bad, 1]], device=device)
+    with pytest.raises(IndexError) as caught:
+        table(ids)
+    message = str(caught.value)
+    assert _names_the_number(message, bad), f"the error should name the bad id {bad}: {message!r}"
+    assert _names_the_number(message, 299) or _names_the_number(message, 300), \
+        f"the error should give the valid range, 0 to 299: {message!r}"
+    expect_tensor(table(torch.tensor([0, 299], device=device)), table.weight[[0, 299]], "the first and last rows",
+                  atol=0, rtol=0)
+    assert table(torch.zeros(0, 4, dtype=torch.long, device=device)).shape == (0, 4, 3), "no ids, no rows"
 
 
 @settings(max_examples=40, deadline=None)
@@ -93,6 +122,41 @@ def test_mean_pool_ignores_padding(device):
         E.mean_pool(h, mask[:2])
 
 
+def _long_text() -> str:
+    """Some 600 WordPiece tokens of varied English, well past MiniLM's limit of 256."""
+    topics = ["cats sleeping in the sun", "the stock market on Monday", "baking bread at home",
+              "rain in the mountains", "a compiler reporting errors"]
+    return " ".join(f"Sentence {i} is about {topics[i % len(topics)]}." for i in range(90))
+
+
+def _minilm_sentence_embeddings(tokenizer, model, texts) -> torch.Tensor:
+    """The book's recipe: tokenize (padding, truncation), encode, mean-pool, normalise -> (B, 384)."""
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state  # (B, T, 384)
+    return E.normalize_rows(E.mean_pool(hidden, batch["attention_mask"]))
+
+
+def test_minilm_recipe_reads_only_the_first_256_tokens():
+    """MiniLM is trained and used at 256 tokens ([CLS] and [SEP] included), not at its table's 512."""
+    pytest.importorskip("transformers")
+    from llmcourse.course import pretrained
+
+    limit = json.loads((pretrained.minilm_path() / "sentence_bert_config.json").read_text())["max_seq_length"]
+    assert limit == 256, f"all-MiniLM-L6-v2 is used at 256 tokens, its sentence_bert_config.json says {limit}"
+    tokenizer, model = pretrained.load_minilm()
+    text = _long_text()
+    ids = tokenizer(text, truncation=False)["input_ids"]  # [CLS] ... [SEP]
+    assert len(ids) > 512, f"the test text should be longer than both limits, it has {len(ids)} tokens"
+    first = torch.tensor([ids[:limit - 1] + [tokenizer.sep_token_id]])  # (1, 256): [CLS], 254 tokens, [SEP]
+    with torch.no_grad():
+        want = E.normalize_rows(model(input_ids=first).last_hidden_state.mean(dim=1))  # (1, 384)
+    got = _minilm_sentence_embeddings(tokenizer, model, [text, "Hi"])
+    expect_tensor(got[:1], want, "the embedding of a long text (vs its first 256 tokens)", atol=1e-5)
+    assert tokenizer([text], truncation=True)["input_ids"][0] == first[0].tolist()
+    assert pretrained.minilm_max_seq_length() == limit
+
+
 @pytest.mark.parity
 def test_mean_pool_reproduces_the_real_sentence_encoder():
     """MiniLM sentence embeddings: transformers + our mean_pool + normalisation == sentence-transformers."""
@@ -100,12 +164,9 @@ def test_mean_pool_reproduces_the_real_sentence_encoder():
     from llmcourse.course.pretrained import load_minilm, minilm_path
 
     sentences = ["A cat sleeps on the warm windowsill.", "Stocks fell sharply on Monday.",
-                 "The kitten is napping in the sun.", "Hi", "Attention is all you need, they said."]
+                 "The kitten is napping in the sun.", "Hi", "Attention is all you need, they said.", _long_text()]
     tokenizer, model = load_minilm()
-    batch = tokenizer(sentences, padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    ours = E.normalize_rows(E.mean_pool(hidden, batch["attention_mask"]))
+    ours = _minilm_sentence_embeddings(tokenizer, model, sentences)
     encoder = sentence_transformers.SentenceTransformer(str(minilm_path()), device="cpu")
     want = encoder.encode(sentences, convert_to_tensor=True, normalize_embeddings=True)
     expect_tensor(ours, want, "MiniLM sentence embeddings", atol=1e-5)
@@ -128,3 +189,49 @@ def test_sinusoidal_known_values_and_properties(device):
     assert E.sinusoidal_position_encoding(4, 8, dtype=torch.bfloat16).dtype == torch.bfloat16
     with pytest.raises(ValueError):
         E.sinusoidal_position_encoding(4, 7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_sinusoidal_low_precision_is_the_float64_table_rounded(device, dtype):
+    exact = E.sinusoidal_position_encoding(300, 32, device=device, dtype=torch.float64)
+    table = E.sinusoidal_position_encoding(300, 32, device=device, dtype=dtype)
+    expect_tensor(table, exact.to(dtype), f"the {dtype} table (vs the float64 table, rounded)", atol=0, rtol=0)
+
+
+def test_sinusoidal_default_dtype_is_torchs_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        table = E.sinusoidal_position_encoding(3, 4)
+    finally:
+        torch.set_default_dtype(previous)
+    assert table.dtype == torch.float64, \
+        f"dtype=None should mean torch's default dtype (float64 here), got {table.dtype}"
+
+
+class _RecordFloat64OffTheCpu(TorchFunctionMode):
+    """Records every torch call that returns a float64 tensor outside the CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor) and tensor.dtype == torch.float64 and tensor.device.type != "cpu":
+                self.calls.append(getattr(func, "__name__", repr(func)))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sinusoidal_builds_its_float64_table_on_the_cpu(device, dtype):
+    """Some accelerators (Apple's MPS) have no float64: only the finished, rounded table may leave the CPU.
+
+    The `meta` device stands in for an accelerator on a machine without one.
+    """
+    target = "meta" if device == "cpu" else device
+    with _RecordFloat64OffTheCpu() as recorder:
+        table = E.sinusoidal_position_encoding(16, 8, device=target, dtype=dtype)
+    assert not recorder.calls, f"float64 tensors were created on {target} by: {', '.join(recorder.calls)}"
+    assert table.device.type == target and table.dtype == dtype and table.shape == (16, 8)

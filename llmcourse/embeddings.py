@@ -8,11 +8,8 @@ embedding from its token vectors) and the sinusoidal position encoding.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
-
 
 ID_DTYPES = (torch.int64, torch.int32)
 """The dtypes token ids may have, as for torch.nn.Embedding (a bool or uint8 tensor would index as a mask)."""

@@ -83,9 +83,10 @@ def test_sdpa_any_shape_with_masks(T, S, d, dv, heads, seed):
     with attention_tripwires():
         got = A.scaled_dot_product_attention(q, k, v, mask=mask)
         weights = A.attention_weights(q, k, mask=mask)
-    expect_tensor(got, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "attention", atol=1e-12)
+    expect_tensor(got, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "attention", atol=1e-12, rtol=1e-12)
     rows = mask.any(-1)
-    expect_tensor(weights.sum(-1), rows.double().expand(heads, T), "row sums (1, or 0 when fully blocked)", atol=1e-12)
+    expect_tensor(weights.sum(-1), rows.double().expand(heads, T), "row sums (1, or 0 when fully blocked)", atol=1e-12,
+                  rtol=1e-12)
 
 
 def test_causal_mask_alignment_and_errors():

@@ -70,7 +70,8 @@ def test_embedding_rejects_ids_outside_the_table(device, bad):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 6), m=st.integers(1, 6), d=st.integers(1, 9), batch=st.integers(0, 2), seed=st.integers(0, 10**6))
+@given(n=st.integers(1, 6), m=st.integers(1, 6), d=st.integers(1, 9), batch=st.integers(0, 2),
+       seed=st.integers(0, 10**6))
 def test_cosine_matrix_matches_torch(n, m, d, batch, seed):
     generator = torch.Generator().manual_seed(seed)
     lead = (3,) * batch
@@ -78,9 +79,10 @@ def test_cosine_matrix_matches_torch(n, m, d, batch, seed):
     b = torch.randn(*lead, m, d, generator=generator, dtype=torch.float64)
     got = E.cosine_similarity_matrix(a, b)
     want = F.cosine_similarity(a.unsqueeze(-2), b.unsqueeze(-3), dim=-1)
-    expect_tensor(got, want, "cosine_similarity_matrix", atol=1e-12)
+    expect_tensor(got, want, "cosine_similarity_matrix", atol=1e-12, rtol=1e-12)
     assert bool((got.abs() <= 1 + 1e-12).all()), "cosines lie in [-1, 1]"
-    expect_tensor(E.cosine_similarity_matrix(a), E.cosine_similarity_matrix(a).transpose(-1, -2), "symmetry", atol=1e-12)
+    expect_tensor(E.cosine_similarity_matrix(a), E.cosine_similarity_matrix(a).transpose(-1, -2), "symmetry",
+                  atol=1e-12, rtol=1e-12)
 
 
 def test_cosine_zero_vectors_and_scale():
@@ -117,7 +119,8 @@ def test_mean_pool_ignores_padding(device):
     mask = torch.tensor([[1] * n + [0] * (6 - n) for n in lengths], device=device)
     want = torch.stack([h[i, :n].mean(0) if n else torch.zeros(8, device=device) for i, n in enumerate(lengths)])
     expect_tensor(E.mean_pool(h, mask), want, "mean_pool")
-    expect_tensor(E.mean_pool(h.masked_fill(~mask.bool()[..., None], 1e30), mask.bool()), want, "mean_pool (huge padding)")
+    poisoned = h.masked_fill(~mask.bool()[..., None], 1e30)
+    expect_tensor(E.mean_pool(poisoned, mask.bool()), want, "mean_pool (huge padding)")
     with pytest.raises(ValueError):
         E.mean_pool(h, mask[:2])
 
@@ -235,3 +238,12 @@ def test_sinusoidal_builds_its_float64_table_on_the_cpu(device, dtype):
         table = E.sinusoidal_position_encoding(16, 8, device=target, dtype=dtype)
     assert not recorder.calls, f"float64 tensors were created on {target} by: {', '.join(recorder.calls)}"
     assert table.device.type == target and table.dtype == dtype and table.shape == (16, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normalize_rows_keeps_tiny_vectors_unit(dtype):
+    """Only the zero vector lacks a direction: x / (|x| + eps) or clamping |x|^2 shrinks tiny vectors."""
+    for scale in (1.0, 1e-3, 1e-6, 1e-8, 2e-8):
+        v = torch.tensor([[3.0, 4.0], [0.0, -1.0]], dtype=dtype) * scale
+        expect_tensor(E.normalize_rows(v), F.normalize(v, dim=-1), f"normalize_rows of vectors of norm {5 * scale:g}")
+    expect_tensor(E.normalize_rows(torch.zeros(2, 3, dtype=dtype)), torch.zeros(2, 3, dtype=dtype), "the zero vector")

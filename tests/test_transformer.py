@@ -34,11 +34,18 @@ def encoder_config(d_model, n_heads, d_ff, norm_first) -> TransformerConfig:
     return TransformerConfig(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm_first=norm_first, activation="gelu")
 
 
+NORMS = (torch.nn.LayerNorm, torch.nn.RMSNorm, TR.RMSNorm, hf_llama.LlamaRMSNorm)
+
+
 def randomise_norms(module):
+    """Give every norm inside `module` (or `module` itself) weights other than ones."""
+    norms = [m for m in module.modules() if isinstance(m, NORMS)]
+    assert norms, f"{type(module).__name__} has no norm to randomise"
     with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "norm" in name:
-                p.normal_(1.0, 0.2)
+        for norm in norms:
+            norm.weight.normal_(1.0, 0.2)
+            if getattr(norm, "bias", None) is not None:
+                norm.bias.normal_(0.0, 0.2)
 
 
 def compare_grads(ours, theirs, atol=1e-4):
@@ -63,7 +70,7 @@ def test_rmsnorm_matches_torch_and_llama(device, dtype):
         expect_tensor(ours(x), reference(x), "RMSNorm vs torch.nn.RMSNorm")
         x64 = x.double()
         formula = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5) * ours.weight.double()
-        expect_tensor(ours.double()(x64), formula, "RMSNorm in float64 vs the formula", atol=1e-12)
+        expect_tensor(ours.double()(x64), formula, "RMSNorm in float64 vs the formula", atol=1e-12, rtol=1e-12)
 
 
 def test_swiglu_and_feedforward_match_formulas(device):

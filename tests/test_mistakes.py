@@ -1,0 +1,61 @@
+"""The mistake catalogue: every realistic wrong solution fails its exercise's grade cell, and the
+reference passes. The catalogues are tests/mistakes/<notebook>.py; see llmcourse/course/mistakes.py."""
+from __future__ import annotations
+
+import runpy
+from collections import Counter
+
+import nbformat
+import pytest
+
+from llmcourse.course.chapters import CHAPTERS
+from llmcourse.course.mistakes import code_cells, grade_cell_after, run_in_subprocess
+
+pytestmark = [pytest.mark.course_infra]
+
+MISTAKES_PER_EXERCISE = 5
+"""The least a catalogue lists for each graded exercise."""
+
+
+def catalogue_path(root, chapter):
+    return root / "tests" / "mistakes" / f"{chapter.notebook}.py"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
+def test_every_exercise_has_a_catalogue_of_mistakes(root, chapter):
+    path = catalogue_path(root, chapter)
+    assert path.exists(), f"{path} is missing: every chapter lists its learners' likely mistakes"
+    cells = code_cells(chapter.solution_path(root))
+    graded = [cell_id for cell_id, _, is_grade in cells if is_grade]
+    per_exercise = Counter(cells[grade_cell_after(cells, m.cell)][0] for m in runpy.run_path(str(path))["MISTAKES"])
+    thin = {grade_id: per_exercise.get(grade_id, 0) for grade_id in graded
+            if per_exercise.get(grade_id, 0) < MISTAKES_PER_EXERCISE}
+    assert not thin, f"exercises with fewer than {MISTAKES_PER_EXERCISE} catalogued mistakes: {thin}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
+def test_grade_cells_catch_every_catalogued_mistake(root, chapter):
+    path = catalogue_path(root, chapter)
+    if not path.exists():
+        pytest.fail(f"{path} is missing")
+    mistakes = runpy.run_path(str(path))["MISTAKES"]
+    outcomes = run_in_subprocess(chapter.solution_path(root), path, cwd=root)
+    failing_reference = [f"{o.grade_id}: {o.error}" for o in outcomes if o.mistake < 0 and o.caught]
+    assert not failing_reference, f"the reference solution fails its own grade cells: {failing_reference}"
+    missed = [f"{o.grade_id}: {mistakes[o.mistake].what}" for o in outcomes if o.mistake >= 0 and not o.caught]
+    assert not missed, "grade cells that let a catalogued mistake through:\n" + "\n".join(missed)
+    early = [f"{mistakes[o.mistake].what}: {o.error}" for o in outcomes
+             if o.mistake >= 0 and "before the tests ran" in o.error]
+    assert not early, "mistakes that break a cell before their tests run (not realistic):\n" + "\n".join(early)
+    assert len(outcomes) == len(mistakes) + len({o.grade_id for o in outcomes if o.mistake < 0})
+
+
+def test_the_runner_reports_a_mistake_its_tests_miss(root, tmp_path):
+    """The catalogue's own check can fail: a 'mistake' that changes nothing is reported as missed."""
+    chapter = next(c for c in CHAPTERS if c.assignment == "03-attention")
+    catalogue = tmp_path / "noop.py"
+    catalogue.write_text("from llmcourse.course.mistakes import Mistake\n"
+                         "MISTAKES = [Mistake('ex5-kv', 'changes nothing', 'return 2 *', 'return 2 *')]\n")
+    outcomes = run_in_subprocess(chapter.solution_path(root), catalogue, cwd=root)
+    assert [o.caught for o in outcomes] == [False, False]
+    nbformat.read(str(chapter.solution_path(root)), as_version=4)  # the notebook is untouched

@@ -83,8 +83,12 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.bool()[:, None, None, :]
 
 
-def additive_mask(mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """A boolean mask as the additive one it stands for: 0 where allowed, -inf where blocked."""
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A boolean mask as the additive one it stands for: 0 where allowed, -inf where blocked.
+
+    dtype: the dtype of the scores it will be added to (None: torch's default dtype).
+    """
+    dtype = torch.get_default_dtype() if dtype is None else dtype
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -58,3 +59,22 @@ def test_grade_and_check_refuse_bad_arguments_clearly(root, tmp_path):
     assert check.returncode == 2 and "not a chapter notebook" in check.stdout, check.stdout
     absent = llmcourse("check", str(tmp_path / "01-tokenizers" / "tokenizers.ipynb"), cwd=root)
     assert absent.returncode == 2 and "no such notebook" in absent.stdout
+
+
+def test_test_command_runs_only_the_files_it_is_given(root, monkeypatch):
+    """`./course test tests/test_x.py` runs that file, not the whole suite plus that file."""
+    from llmcourse.course import cli
+
+    commands = []
+
+    def run(command, **kwargs):
+        commands.append(command)
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(cli.subprocess, "run", run)
+    cli.run_package_tests(None, [], ["tests/test_cli.py", "-q"])
+    cli.run_package_tests(None, [], ["-q"])
+    cli.run_package_tests(None, ["test_attention.py"], [])
+    assert commands[0][3:] == ["tests/test_cli.py", "-q"]
+    assert commands[1][3:] == [str(root / "tests"), "-q"]
+    assert commands[2][3:] == [str(root / "tests" / "test_attention.py")]

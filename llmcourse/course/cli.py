@@ -49,7 +49,10 @@ def run_package_tests(package_parent: Path | None, test_files: list[str], extra:
     env = dict(os.environ)
     if package_parent is not None:
         env["LLMCOURSE_PACKAGE"] = str(Path(package_parent).resolve())
-    files = [str(root / "tests" / f) for f in test_files] or [str(root / "tests")]
+    files = [str(root / "tests" / f) for f in test_files]
+    names_tests = any(not arg.startswith("-") and (root / arg.split("::")[0]).exists() for arg in extra)
+    if not files and not names_tests:  # `./course test tests/test_x.py` runs that file alone
+        files = [str(root / "tests")]
     command = [sys.executable, "-m", "pytest", *files, *extra]
     return subprocess.run(command, cwd=root, env=env).returncode
 

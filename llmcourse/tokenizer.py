@@ -11,11 +11,11 @@ import functools
 import heapq
 import json
 import math
+import types
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import regex
-
 
 UNKNOWN_TEXT = "\N{REPLACEMENT CHARACTER}"
 """What an unknown token decodes to: U+FFFD, the character Unicode reserves for that."""
@@ -31,7 +31,7 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(self.itos)}
 
     @classmethod
-    def train(cls, text: str) -> "CharTokenizer":
+    def train(cls, text: str) -> CharTokenizer:
         """The vocabulary is the set of characters of `text`, in code-point order."""
         return cls(set(text))
 
@@ -52,12 +52,9 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str) -> list[int]:
-
         return list(text.encode("utf-8"))
 
-
     def decode(self, ids) -> str:
-
         ids = list(ids)
         bad = [i for i in ids if not 0 <= i < 256]
         if bad:
@@ -67,17 +64,14 @@ class ByteTokenizer:
 
 def get_pair_counts(ids, counts=None) -> dict:
     """Count adjacent pairs of `ids`: {(a, b): occurrences}, added to `counts` if given."""
-
     counts = {} if counts is None else counts
     for pair in zip(ids, ids[1:]):
         counts[pair] = counts.get(pair, 0) + 1
     return counts
 
 
-
 def merge(ids, pair, new_id) -> list[int]:
     """Replace each occurrence of `pair` in `ids` by `new_id`, left to right, without overlap."""
-
     first, second = pair
     out = []
     i, n = 0, len(ids)
@@ -149,7 +143,6 @@ def learn_merges(word_counts: dict, vocab: list, vocab_size: int) -> tuple[dict,
     Returns ({(a, b): new id} in the order learned, the extended vocabulary).
     Ties between equally frequent pairs go to the smallest (a, b).
     """
-
     vocab = list(vocab)
     id_of = {token: i for i, token in enumerate(vocab)}
     words = [list(w) for w in word_counts]
@@ -213,9 +206,36 @@ def learn_merges(word_counts: dict, vocab: list, vocab_size: int) -> tuple[dict,
     return merges, vocab
 
 
+def learn_merges_simple(word_counts: dict, vocab: list, vocab_size: int) -> tuple[dict, list]:
+    """`learn_merges` the plain way, recounting every pair after every merge: same arguments, same result.
+
+    word_counts: {tuple of token ids: count}; vocab: id -> bytes of the starting tokens.
+    Returns ({(a, b): new id} in the order learned, the extended vocabulary).
+    """
+    words, vocab, merges = dict(word_counts), list(vocab), {}
+    id_of = {token: i for i, token in enumerate(vocab)}
+    while len(vocab) < vocab_size:
+        counts = {}
+        for word, count in words.items():  # count the pairs, each chunk as often as it occurs
+            for pair, n in get_pair_counts(word).items():
+                counts[pair] = counts.get(pair, 0) + n * count
+        if not counts:
+            break
+        pair = min(counts, key=lambda p: (-counts[p], p))  # the most frequent; the smallest on ties
+        token = vocab[pair[0]] + vocab[pair[1]]
+        if token not in id_of:  # mint a new id, unless these bytes already are a token
+            id_of[token] = len(vocab)
+            vocab.append(token)
+        merges[pair] = id_of[token]  # record the merge
+        merged = Counter()
+        for word, count in words.items():  # replace the pair in every chunk
+            merged[tuple(merge(word, pair, merges[pair]))] += count
+        words = merged
+    return merges, vocab
+
+
 def bpe_encode_word(ids, ranks: dict, merges: dict) -> list[int]:
     """Apply learned merges to one chunk, earliest-learned first (Eq. 1.4 in the book)."""
-
     ids = list(ids)
     # The rank of every adjacent pair; after a merge only its two neighbours change.
     pair_ranks = [ranks.get(pair, math.inf) for pair in zip(ids, ids[1:])]
@@ -244,17 +264,41 @@ ENCODE_CACHE_SIZE = 100_000
 (a bound on memory: a long-running tokenizer would otherwise remember every chunk it saw)."""
 
 
+def unique_special_tokens(special_tokens) -> list[str]:
+    """The special tokens in their order, each once: a repeat keeps the first one's place."""
+    tokens = list(special_tokens)
+    for token in tokens:
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
+    return list(dict.fromkeys(tokens))
+
+
+def special_token_pattern(special_tokens) -> regex.Pattern | None:
+    """The pattern that finds special tokens in a text; None when there are none.
+
+    Where two special tokens start at the same character, the longer wins (`<a>zq` over `<a>`),
+    as in the `tokenizers` library. Training and encoding both cut text with it. Its `split`
+    gives [text, special, text, ..., special, text]: ordinary text at the even positions.
+    """
+    if not special_tokens:
+        return None
+    longest_first = sorted(special_tokens, key=len, reverse=True)
+    return regex.compile("(" + "|".join(map(regex.escape, longest_first)) + ")")
+
+
 class BPETokenizer:
     """Byte-level BPE in GPT-2's layout: 256 base bytes, learned merges, then special tokens."""
 
     def __init__(self, merges, special_tokens=(), pattern: str = GPT2_SPLIT_PATTERN):
+        special_tokens = unique_special_tokens(special_tokens)
         self.pattern = pattern
         self.merges = {}  # (a, b) -> new id, in the order learned
         self.vocab = base_vocab()  # id -> bytes
         id_of = {token: i for i, token in enumerate(self.vocab)}
         for a, b in merges:
             if not (0 <= a < len(self.vocab) and 0 <= b < len(self.vocab)):
-                raise ValueError(f"merge ({a}, {b}) uses an id that does not exist yet (vocabulary has {len(self.vocab)})")
+                raise ValueError(f"merge ({a}, {b}) uses an id that does not exist yet "
+                                 f"(vocabulary has {len(self.vocab)})")
             token = self.vocab[a] + self.vocab[b]
             if token not in id_of:
                 id_of[token] = len(self.vocab)
@@ -263,19 +307,19 @@ class BPETokenizer:
         self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}
         self.special_tokens = {token: len(self.vocab) + k for k, token in enumerate(special_tokens)}
         self._special_by_id = {i: token for token, i in self.special_tokens.items()}
-        by_length = sorted(self.special_tokens, key=len, reverse=True)
-        self._special_split = regex.compile("(" + "|".join(map(regex.escape, by_length)) + ")") if by_length else None
+        self._special_split = special_token_pattern(special_tokens)
         self._cache = {}
 
     @classmethod
-    def train(cls, text: str, vocab_size: int, special_tokens=(), pattern: str = GPT2_SPLIT_PATTERN) -> "BPETokenizer":
+    def train(cls, text: str, vocab_size: int, special_tokens=(), pattern: str = GPT2_SPLIT_PATTERN) -> BPETokenizer:
         """Learn merges on `text` until the vocabulary (special tokens included) has `vocab_size` tokens."""
-        special_tokens = list(special_tokens)
+        special_tokens = unique_special_tokens(special_tokens)
         if vocab_size < N_BYTES + len(special_tokens):
-            raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs {N_BYTES} byte tokens plus {len(special_tokens)} special tokens")
-        pieces = [text]
-        if special_tokens:
-            pieces = regex.split("|".join(map(regex.escape, special_tokens)), text)
+            raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs {N_BYTES} byte tokens "
+                             f"plus {len(special_tokens)} special tokens")
+        # Merges are learned only on the ordinary text between special tokens, cut as `encode` cuts it.
+        splitter = special_token_pattern(special_tokens)
+        pieces = [text] if splitter is None else splitter.split(text)[::2]
         chunk_counts = Counter()
         for piece in pieces:
             chunk_counts.update(regex.findall(pattern, piece))
@@ -335,7 +379,7 @@ class BPETokenizer:
         Path(path).write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, path) -> "BPETokenizer":
+    def load(cls, path) -> BPETokenizer:
         """Read a file written by `save`; anything else is refused with the reason."""
         path = Path(path)
         try:
@@ -347,13 +391,15 @@ class BPETokenizer:
         if not isinstance(state, dict) or state.get("format") != BPE_FORMAT:
             raise ValueError(f"{path} is not a saved BPETokenizer (its 'format' is not {BPE_FORMAT!r})")
         if state.get("version") != BPE_FORMAT_VERSION:
-            raise ValueError(f"{path} has format version {state.get('version')}, this package reads version {BPE_FORMAT_VERSION}")
+            raise ValueError(f"{path} has format version {state.get('version')}, "
+                             f"this package reads version {BPE_FORMAT_VERSION}")
         return cls([tuple(p) for p in state["merges"]], state["special_tokens"], state["pattern"])
 
     def to_hf_json(self, path) -> None:
         """Write the tokenizer in the JSON format of the `tokenizers` library (Tokenizer.from_file)."""
         if self.pattern != GPT2_SPLIT_PATTERN:
-            raise ValueError("only the GPT-2 split pattern can be exported: the library's ByteLevel pre-tokenizer hard-codes it")
+            raise ValueError("only the GPT-2 split pattern can be exported: "
+                             "the library's ByteLevel pre-tokenizer hard-codes it")
         printable = bytes_to_unicode()
         text_of = ["".join(printable[b] for b in token) for token in self.vocab]
         model = {
@@ -364,7 +410,8 @@ class BPETokenizer:
         }
         byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
         added = [
-            {"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+            {"id": i, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}
             for token, i in self.special_tokens.items()
         ]
         state = {
@@ -379,22 +426,28 @@ UNK_PENALTY = 10.0
 """An unknown character scores this much below the least likely piece (as in SentencePiece)."""
 
 
-def viterbi_segment(text: str, log_probs: dict) -> list[str]:
-    """The most probable split of `text` into pieces of `log_probs` (Eq. 1.6 in the book)."""
+def viterbi_segment(text: str, log_probs: dict, max_piece_len: int | None = None,
+                    unknown_score: float | None = None) -> list[str]:
+    """The most probable split of `text` into pieces of `log_probs` (Eq. 1.6 in the book).
 
+    max_piece_len: the length of the longest piece, in characters; unknown_score: the score of a
+    character that is not a piece. When None, both are computed from `log_probs`.
+    """
     if not text:
         return []
-    longest = max(map(len, log_probs))
-    unknown = min(log_probs.values()) - UNK_PENALTY
+    if max_piece_len is None:
+        max_piece_len = max(map(len, log_probs))
+    if unknown_score is None:
+        unknown_score = min(log_probs.values()) - UNK_PENALTY
     best = [0.0] + [-math.inf] * len(text)
     start_of = [0] * (len(text) + 1)
     for end in range(1, len(text) + 1):
-        for start in range(max(0, end - longest), end):
+        for start in range(max(0, end - max_piece_len), end):
             score = log_probs.get(text[start:end])
             if score is None:
                 if end - start > 1:
                     continue
-                score = unknown
+                score = unknown_score
             if best[start] + score > best[end]:
                 best[end] = best[start] + score
                 start_of[end] = start
@@ -416,26 +469,32 @@ def logsumexp(values) -> float:
 
 def em_step(word_counts: dict, log_probs: dict) -> tuple[dict, float]:
     """One EM step of Unigram training: expected piece counts by forward-backward, then renormalise."""
-
     longest = max(map(len, log_probs))
     expected = defaultdict(float)
     log_likelihood = 0.0
     for word, count in word_counts.items():
         n = len(word)
-        spans = [(i, j, log_probs[word[i:j]]) for j in range(1, n + 1)
-                 for i in range(max(0, j - longest), j) if word[i:j] in log_probs]
+        # For each position, the pieces that end there (start, log p) and that start there (end, log p).
+        ending, starting = [[] for _ in range(n + 1)], [[] for _ in range(n + 1)]
+        for j in range(1, n + 1):
+            for i in range(max(0, j - longest), j):
+                lp = log_probs.get(word[i:j])
+                if lp is not None:
+                    ending[j].append((i, lp))
+                    starting[i].append((j, lp))
         alpha = [0.0] + [-math.inf] * n
         for j in range(1, n + 1):
-            alpha[j] = logsumexp(alpha[i] + lp for i, jj, lp in spans if jj == j)
+            alpha[j] = logsumexp(alpha[i] + lp for i, lp in ending[j])
         beta = [-math.inf] * n + [0.0]
         for i in range(n - 1, -1, -1):
-            beta[i] = logsumexp(lp + beta[j] for ii, j, lp in spans if ii == i)
+            beta[i] = logsumexp(lp + beta[j] for j, lp in starting[i])
         total = alpha[n]
         if total == -math.inf:
             raise ValueError(f"{word!r} cannot be split into pieces of the vocabulary")
         log_likelihood += count * total
-        for i, j, lp in spans:
-            expected[word[i:j]] += count * math.exp(alpha[i] + lp + beta[j] - total)
+        for j in range(1, n + 1):
+            for i, lp in ending[j]:
+                expected[word[i:j]] += count * math.exp(alpha[i] + lp + beta[j] - total)
     norm = math.log(sum(expected.values()))
     new_log_probs = {piece: math.log(c) - norm for piece, c in expected.items() if c > 0}
     return new_log_probs, log_likelihood
@@ -461,9 +520,11 @@ def _normalise(counts: dict) -> dict:
 
 def _removal_costs(word_counts: dict, log_probs: dict) -> dict:
     """Approximate log-likelihood lost by removing each multi-character piece."""
+    longest = max(map(len, log_probs))
+    unknown = min(log_probs.values()) - UNK_PENALTY
     usage = Counter()
     for word, count in word_counts.items():
-        for piece in viterbi_segment(word, log_probs):
+        for piece in viterbi_segment(word, log_probs, longest, unknown):
             usage[piece] += count
     costs = {}
     for piece, lp in log_probs.items():
@@ -472,7 +533,7 @@ def _removal_costs(word_counts: dict, log_probs: dict) -> dict:
         others = {piece[i:j]: log_probs[piece[i:j]] for i in range(len(piece)) for j in range(i + 1, len(piece) + 1)
                   if (i, j) != (0, len(piece)) and piece[i:j] in log_probs}
         if not any(len(p) == 1 for p in others):
-            others.update({ch: min(log_probs.values()) - UNK_PENALTY for ch in piece if ch not in others})
+            others.update({ch: unknown for ch in piece if ch not in others})
         alternative = sum(others[p] for p in viterbi_segment(piece, others))
         costs[piece] = usage[piece] * (lp - alternative)
     return costs
@@ -484,13 +545,27 @@ class UnigramTokenizer:
     unk_id = 0
 
     def __init__(self, log_probs: dict, pattern: str = GPT2_SPLIT_PATTERN):
-        self.log_probs = dict(log_probs)
         self.pattern = pattern
-        self.pieces = [UNKNOWN_TEXT] + sorted(self.log_probs, key=lambda p: (-self.log_probs[p], p))
+        self.log_probs = log_probs  # the setter below derives everything else from it
+
+    @property
+    def log_probs(self) -> types.MappingProxyType:
+        """Piece -> log probability, read-only: assign a new dict to change the vocabulary."""
+        return types.MappingProxyType(self._log_probs)
+
+    @log_probs.setter
+    def log_probs(self, log_probs: dict) -> None:
+        if not log_probs:
+            raise ValueError("a Unigram tokenizer needs at least one piece")
+        self._log_probs = dict(log_probs)
+        self.pieces = [UNKNOWN_TEXT] + sorted(self._log_probs, key=lambda p: (-self._log_probs[p], p))
         self.piece_to_id = {p: i for i, p in enumerate(self.pieces)}
+        # Viterbi needs both for every chunk; computing them is a pass over the vocabulary.
+        self.max_piece_len = max(map(len, self._log_probs))
+        self.unknown_score = min(self._log_probs.values()) - UNK_PENALTY
 
     @classmethod
-    def train(cls, text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN) -> "UnigramTokenizer":
+    def train(cls, text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN) -> UnigramTokenizer:
         """EM plus pruning until at most `vocab_size` pieces remain (all characters are kept)."""
         word_counts = Counter(regex.findall(pattern, text))
         chars, substrings = Counter(), Counter()
@@ -500,8 +575,8 @@ class UnigramTokenizer:
                 for j in range(i + 2, min(len(word), i + UNIGRAM_MAX_PIECE) + 1):
                     substrings[word[i:j]] += count
         if len(chars) > vocab_size:
-            raise ValueError(f"vocab_size={vocab_size} is smaller than the {len(chars)} distinct characters of the text; "
-                             "every character must stay a piece")
+            raise ValueError(f"vocab_size={vocab_size} is smaller than the {len(chars)} distinct characters "
+                             "of the text; every character must stay a piece")
         seed = dict(chars)
         ranked = sorted(substrings.items(), key=lambda kv: (-kv[1] * len(kv[0]), kv[0]))
         seed.update(ranked[: UNIGRAM_SEED_FACTOR * vocab_size])
@@ -509,7 +584,8 @@ class UnigramTokenizer:
         while True:
             for _ in range(UNIGRAM_EM_STEPS):
                 log_probs, _ = em_step(word_counts, log_probs)
-                log_probs.update({ch: log_probs.get(ch, min(log_probs.values())) for ch in chars})
+                lowest = min(log_probs.values())  # a character EM dropped comes back with the lowest score
+                log_probs.update({ch: log_probs.get(ch, lowest) for ch in chars})
             if len(log_probs) <= vocab_size:
                 break
             costs = _removal_costs(word_counts, log_probs)
@@ -525,7 +601,8 @@ class UnigramTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """Text -> pieces: pre-tokenize, then the Viterbi split of each chunk."""
-        return [p for chunk in regex.findall(self.pattern, text) for p in viterbi_segment(chunk, self.log_probs)]
+        return [piece for chunk in regex.findall(self.pattern, text)
+                for piece in viterbi_segment(chunk, self._log_probs, self.max_piece_len, self.unknown_score)]
 
     def encode(self, text: str) -> list[int]:
         return [self.piece_to_id.get(p, self.unk_id) for p in self.tokenize(text)]

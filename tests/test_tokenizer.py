@@ -1,20 +1,21 @@
 """Chapter 1: the tokenizer module, against known answers, properties and HF `tokenizers`."""
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
 import random
 import subprocess
 import sys
-from collections import Counter
+import time
 
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmcourse import tokenizer as T
+from llmcourse.course import tokenizer_oracles as oracles
 from llmcourse.course.corpus import generate_corpus
 
 # Any Unicode text: letters of every script, emoji, combining marks, controls, empty.
@@ -30,22 +31,6 @@ def corpus() -> str:
 @pytest.fixture(scope="module")
 def trained(corpus) -> T.BPETokenizer:
     return T.BPETokenizer.train(corpus, 600, special_tokens=["<|endoftext|>", "<|pad|>"])
-
-
-def hf_bpe(text: str, vocab_size: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  min_frequency=0, show_progress=False, special_tokens=[])
-    tokenizer.train_from_iterator([text], trainer)
-    return tokenizer
-
-
-def hf_vocab_bytes(tokenizer) -> dict[int, bytes]:
-    to_byte = {ch: b for b, ch in T.bytes_to_unicode().items()}
-    return {i: bytes(to_byte[ch] for ch in text) for text, i in tokenizer.get_vocab().items()}
 
 
 # --- bytes and characters ---------------------------------------------------------------------
@@ -85,10 +70,9 @@ def test_pair_counts_and_merge_known_answers():
 
 
 @given(st.lists(st.integers(0, 3), max_size=30), st.integers(0, 3), st.integers(0, 3))
-def test_merge_matches_string_replace(ids, a, b):
-    letters = "abcd"
-    text = "".join(letters[i] for i in ids).replace(letters[a] + letters[b], "Z")
-    assert T.merge(ids, (a, b), 9) == [9 if ch == "Z" else letters.index(ch) for ch in text]
+def test_pair_counts_and_merge_match_the_definitions(ids, a, b):
+    assert T.get_pair_counts(ids) == oracles.naive_pair_counts(ids)
+    assert T.merge(ids, (a, b), 9) == oracles.merge_by_string_replace(ids, (a, b), 9)
 
 
 def test_learn_merges_aaabdaaabac():
@@ -101,28 +85,6 @@ def test_learn_merges_aaabdaaabac():
     assert T.bpe_encode_word(list(ids), ranks, merges) == [6, 3, 6, 0, 2]  # X d X a c
 
 
-def naive_learn_merges(word_counts, vocab, vocab_size):
-    """The definition: recount every pair after every merge."""
-    words, vocab, merges = dict(word_counts), list(vocab), {}
-    while len(vocab) < vocab_size:
-        counts = Counter()
-        for word, count in words.items():
-            for pair in zip(word, word[1:]):
-                counts[pair] += count
-        if not counts:
-            break
-        best = min(counts, key=lambda p: (-counts[p], p))
-        token = vocab[best[0]] + vocab[best[1]]
-        if token not in vocab:
-            vocab.append(token)
-        merges[best] = vocab.index(token)
-        merged = Counter()
-        for word, count in words.items():
-            merged[tuple(T.merge(list(word), best, merges[best]))] += count
-        words = merged
-    return merges, vocab
-
-
 word_counts_strategy = st.dictionaries(st.tuples(st.integers(0, 3)).flatmap(
     lambda first: st.lists(st.integers(0, 3), max_size=8).map(lambda rest: first + tuple(rest))),
     st.integers(1, 5), min_size=1, max_size=10)
@@ -133,9 +95,43 @@ word_counts_strategy = st.dictionaries(st.tuples(st.integers(0, 3)).flatmap(
 def test_incremental_training_equals_the_definition(word_counts, extra):
     vocab = [bytes([97 + i]) for i in range(4)]
     got = T.learn_merges(word_counts, vocab, 4 + extra)
-    want = naive_learn_merges(word_counts, vocab, 4 + extra)
+    want = oracles.naive_learn_merges(word_counts, vocab, 4 + extra)
     assert list(got[0].items()) == list(want[0].items())
     assert got[1] == want[1]
+
+
+def assert_same_training(word_counts, vocab, vocab_size):
+    fast = T.learn_merges(word_counts, vocab, vocab_size)
+    simple = T.learn_merges_simple(word_counts, vocab, vocab_size)
+    assert list(simple[0].items()) == list(fast[0].items()), \
+        f"learn_merges_simple learned {simple[0]}, learn_merges {fast[0]}"
+    assert simple[1] == fast[1], f"learn_merges_simple built the vocabulary {simple[1]}, learn_merges {fast[1]}"
+
+
+@given(word_counts_strategy, st.integers(0, 15))
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+def test_simple_training_loop_equals_learn_merges(word_counts, extra):
+    """The plain loop built from get_pair_counts and merge learns what the incremental one learns."""
+    assert_same_training(word_counts, [bytes([97 + i]) for i in range(4)], 4 + extra)
+
+
+@pytest.mark.parametrize("text", [
+    "aaabdaaabac",
+    "abcdabcd abcdabcd",  # every pair ties with every other
+    "ab ba ab ba aa bb",  # ties between pairs of the same tokens in both orders
+    "the cat sat on the mat, the cat's hat; 大型语言模型 语言 模型",
+])
+def test_simple_training_loop_on_text(text):
+    chunks = {}
+    for chunk in T.pretokenize(text):
+        key = tuple(T.text_to_base_ids(chunk))
+        chunks[key] = chunks.get(key, 0) + 1
+    assert_same_training(chunks, T.base_vocab(), T.N_BYTES + 40)
+
+
+def test_simple_training_loop_reuses_the_id_of_known_bytes():
+    """'xab' can be reached as (xa, b) and as (x, ab): both merges map to one token."""
+    assert_same_training({(0, 1, 2): 5, (1, 2): 4, (0, 1): 3}, [b"x", b"a", b"b"], 10)
 
 
 # --- the tokenizer ----------------------------------------------------------------------------
@@ -159,6 +155,40 @@ def test_bpe_compresses_and_counts(trained, corpus):
     assert len(trained.encode(sample)) < 0.5 * len(sample.encode("utf-8"))
 
 
+def test_overlapping_special_tokens_split_alike_in_training_and_encoding():
+    """Where two special tokens start at the same place the longer wins, as in `tokenizers`:
+    '<a>zq' is one special token, in the text merges are learned on as in the text encoded."""
+    text = "x<a>zq y " * 50 + "<a>b " * 10
+    tok = T.BPETokenizer.train(text, 300, special_tokens=["<a>", "<a>zq"])
+    assert tok.encode("<a>zq") == [tok.special_tokens["<a>zq"]]
+    assert tok.encode("<a>z") == [tok.special_tokens["<a>"], *tok.encode("z")]
+    learned = [tok.token_bytes(i) for i in tok.merges.values()]
+    assert not any(b"zq" in token for token in learned), \
+        f"'zq' only occurs inside the special token '<a>zq', yet training learned {[t for t in learned if b'zq' in t]}"
+    # Training sees exactly the ordinary text that encoding pre-tokenizes.
+    same_order = T.BPETokenizer.train(text, 300, special_tokens=["<a>zq", "<a>"])
+    assert same_order.merges == tok.merges
+
+
+def test_duplicate_special_tokens_count_once():
+    """As in `tokenizers` (trainer and add_special_tokens alike), a repeated special token keeps its first id."""
+    tok = T.BPETokenizer.train(generate_corpus(20_000, seed=2), 300, special_tokens=["<s>", "<pad>", "<s>"])
+    assert tok.special_tokens == {"<s>": 298, "<pad>": 299}
+    assert tok.vocab_size == 300
+    ids = tok.encode("hi<s>there<pad>")
+    assert max(ids) == tok.vocab_size - 1 and tok.decode(ids) == "hi<s>there<pad>"
+    direct = T.BPETokenizer([], special_tokens=["<s>", "<s>", "<pad>"])
+    assert direct.special_tokens == {"<s>": 256, "<pad>": 257} and direct.vocab_size == 258
+
+
+@pytest.mark.parametrize("special", [[""], ["<s>", ""], [None]])
+def test_special_tokens_must_be_non_empty_strings(special):
+    with pytest.raises(ValueError, match="non-empty string"):
+        T.BPETokenizer([], special_tokens=special)
+    with pytest.raises(ValueError, match="non-empty string"):
+        T.BPETokenizer.train("hello", 300, special_tokens=special)
+
+
 def test_special_tokens_are_atomic(trained):
     eot, pad = trained.special_tokens["<|endoftext|>"], trained.special_tokens["<|pad|>"]
     assert (eot, pad) == (598, 599)
@@ -169,12 +199,15 @@ def test_special_tokens_are_atomic(trained):
 
 def test_training_is_deterministic_across_processes(tmp_path):
     """Same corpus and settings -> same merges, whatever the hash seed of the process."""
-    code = ("import json, sys; from llmcourse.tokenizer import BPETokenizer; from llmcourse.course.corpus import generate_corpus;"
-            "t = BPETokenizer.train(generate_corpus(50_000, seed=3), 400); print(json.dumps([list(p) for p in t.merges]))")
+    code = ("import json, sys; from llmcourse.tokenizer import BPETokenizer; "
+            "from llmcourse.course.corpus import generate_corpus; "
+            "t = BPETokenizer.train(generate_corpus(50_000, seed=3), 400); "
+            "print(json.dumps([list(p) for p in t.merges]))")
     outputs = set()
     for seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=os.pathsep.join(sys.path))
-        outputs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        outputs.add(run.stdout)
     assert len(outputs) == 1
 
 
@@ -223,6 +256,19 @@ def test_exported_json_loads_in_tokenizers_with_same_ids(trained, corpus, tmp_pa
 
 
 @pytest.mark.parity
+def test_exported_json_splits_overlapping_special_tokens_alike(tmp_path):
+    from tokenizers import Tokenizer
+
+    tok = T.BPETokenizer.train("x<a>zq y " * 50, 300, special_tokens=["<a>", "<a>zq", "<a>"])
+    path = tmp_path / "tokenizer.json"
+    tok.to_hf_json(path)
+    hf = Tokenizer.from_file(str(path))
+    assert hf.get_vocab_size() == tok.vocab_size
+    for text in ["<a>zq", "<a>z", "x<a>zq<a><a>zqq y", "<a<a>zq>"]:
+        assert hf.encode(text).ids == tok.encode(text), text
+
+
+@pytest.mark.parity
 @given(unicode_text)
 @settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_exported_json_same_ids_on_any_unicode(trained, tmp_path, text):
@@ -238,32 +284,62 @@ def test_exported_json_same_ids_on_any_unicode(trained, tmp_path, text):
 @pytest.mark.parametrize("vocab_size", [300, 1000, 3000])
 def test_same_merges_and_ids_as_tokenizers_trainer(corpus, vocab_size):
     ours = T.BPETokenizer.train(corpus, vocab_size)
-    theirs = hf_bpe(corpus, vocab_size)
-    vocab = hf_vocab_bytes(theirs)
+    theirs = oracles.hf_byte_level_bpe([corpus], vocab_size)
+    vocab = oracles.hf_vocab_bytes(theirs)
     assert len(vocab) == ours.vocab_size
     mismatched = [i for i in range(ours.vocab_size) if vocab[i] != ours.token_bytes(i)]
-    assert not mismatched, f"first differing token id {mismatched[0]}: ours {ours.token_bytes(mismatched[0])!r}, theirs {vocab[mismatched[0]]!r}"
-    theirs_merges = json.loads(theirs.to_str())["model"]["merges"]
-    to_byte = {ch: b for b, ch in T.bytes_to_unicode().items()}
-    as_bytes = [tuple(bytes(to_byte[c] for c in part) for part in (m.split(" ") if isinstance(m, str) else m)) for m in theirs_merges]
-    assert as_bytes == [(ours.token_bytes(a), ours.token_bytes(b)) for a, b in ours.merges]
+    assert not mismatched, (f"first differing token id {mismatched[0]}: ours {ours.token_bytes(mismatched[0])!r}, "
+                            f"theirs {vocab[mismatched[0]]!r}")
+    assert oracles.hf_merges_bytes(theirs) == [(ours.token_bytes(a), ours.token_bytes(b)) for a, b in ours.merges]
     text = generate_corpus(20_000, seed=7)  # unseen text
     assert theirs.encode(text).ids == ours.encode(text)
 
 
+UNICODE_SIZE = 0x110000
+"""Code points run from 0 to 0x10FFFF."""
+
+SURROGATES = range(0xD800, 0xE000)
+"""Code points reserved for UTF-16 pairs: no UTF-8 text (so no string the library takes) holds them."""
+
+CATEGORY_OF_CHARACTER = regex.compile(r"(\p{L})|(\p{N})|(\s)|(.)", regex.DOTALL)
+"""The four kinds of character the GPT-2 pattern tells apart: letter, digit, space, other."""
+
+
+def runs_of_one_category() -> list[str]:
+    """Every code point but the surrogates, in four strings: the letters, the digits, the spaces and
+    the rest, each in code-point order (so each starts with an ASCII character both sides agree on)."""
+    everything = "".join(chr(c) for c in range(UNICODE_SIZE) if c not in SURROGATES)
+    runs = [[], [], [], []]
+    for match in CATEGORY_OF_CHARACTER.finditer(everything):
+        runs[match.lastindex - 1].append(match.group())
+    return ["".join(run) for run in runs]
+
+
+@pytest.mark.parity
+def test_pretokenization_matches_tokenizers_on_every_code_point():
+    """The Unicode tables of `regex` and of the library must agree, or the two pre-tokenize text
+    differently and learn different merges.
+
+    Each run of one category is one chunk for the GPT-2 pattern; a code point the library puts in
+    another category cuts the run. Only then is each code point of the run checked on its own,
+    next to the run's first (ASCII) character.
+    """
+    from importlib.metadata import version
+
+    differing = []
+    for run in runs_of_one_category():
+        if T.pretokenize(run) == oracles.hf_pretokenize(run):
+            continue
+        anchor = run[0]
+        differing += [ch for ch in run[1:] if T.pretokenize(anchor + ch) != oracles.hf_pretokenize(anchor + ch)]
+    examples = ", ".join(f"U+{ord(ch):04X}" for ch in differing[:8])
+    assert not differing, (
+        f"{len(differing):,} code points are pre-tokenized differently by `regex` {version('regex')} and "
+        f"`tokenizers` {version('tokenizers')} (e.g. {examples}): their Unicode versions differ. "
+        "Install a `regex` release with the library's Unicode tables (the range pinned in pyproject.toml).")
+
+
 # --- Unigram ----------------------------------------------------------------------------------
-
-def all_splits(text, log_probs):
-    for cuts in itertools.product([0, 1], repeat=max(0, len(text) - 1)):
-        pieces, start = [], 0
-        for i, cut in enumerate(cuts, 1):
-            if cut:
-                pieces.append(text[start:i])
-                start = i
-        pieces.append(text[start:])
-        if all(p in log_probs for p in pieces):
-            yield pieces
-
 
 vocab_strategy = st.dictionaries(st.text("abc", min_size=2, max_size=3), st.floats(-6, -0.1), max_size=10).map(
     lambda d: {**d, "a": -2.0, "b": -2.5, "c": -3.0})
@@ -275,7 +351,7 @@ def test_viterbi_is_the_best_split(log_probs, text):
     got = T.viterbi_segment(text, log_probs)
     assert "".join(got) == text
     if text:
-        best = max(sum(log_probs[p] for p in split) for split in all_splits(text, log_probs))
+        best = oracles.best_segmentation_score(text, log_probs)
         assert math.isclose(sum(log_probs[p] for p in got), best, abs_tol=1e-9)
 
 
@@ -284,14 +360,23 @@ def test_viterbi_unknown_characters():
     assert T.viterbi_segment("", {"a": -1.0}) == []
 
 
+def test_viterbi_uses_the_longest_piece_and_unknown_score_it_is_given():
+    """A tokenizer computes both once for all its chunks and passes them in."""
+    log_probs = {"a": -1.0, "b": -1.0, "ab": -0.5}
+    assert T.viterbi_segment("ab", log_probs) == ["ab"]
+    assert T.viterbi_segment("ab", log_probs, max_piece_len=1) == ["a", "b"]
+    scores = {"x": -1.0, "€x": -20.0}
+    assert T.viterbi_segment("€x", scores) == ["€x"]  # '€' alone scores -20 - UNK_PENALTY
+    assert T.viterbi_segment("€x", scores, unknown_score=-5.0) == ["€", "x"]
+
+
 @pytest.mark.parity
 def test_viterbi_matches_tokenizers_unigram():
-    from tokenizers import Tokenizer, models
-
     rng = random.Random(0)
-    pieces = sorted({"".join(rng.choice("lowerns") for _ in range(rng.randrange(1, 5))) for _ in range(80)} | set("lowerns"))
+    pieces = {"".join(rng.choice("lowerns") for _ in range(rng.randrange(1, 5))) for _ in range(80)}
+    pieces = sorted(pieces | set("lowerns"))
     scores = {p: math.log(rng.uniform(0.01, 1.0)) for p in pieces}
-    hf = Tokenizer(models.Unigram([("<unk>", 0.0)] + [(p, scores[p]) for p in pieces], 0, False))
+    hf = oracles.hf_unigram(scores)
     for _ in range(200):
         text = "".join(rng.choice("lowerns") for _ in range(rng.randrange(1, 15)))
         want = hf.encode(text).tokens
@@ -299,25 +384,12 @@ def test_viterbi_matches_tokenizers_unigram():
         assert math.isclose(sum(scores[p] for p in got), sum(scores[p] for p in want), abs_tol=1e-9), (text, got, want)
 
 
-def brute_em(word_counts, log_probs):
-    expected, log_likelihood = Counter(), 0.0
-    for word, count in word_counts.items():
-        splits = list(all_splits(word, log_probs))
-        weights = [math.exp(sum(log_probs[p] for p in s)) for s in splits]
-        total = sum(weights)
-        log_likelihood += count * math.log(total)
-        for split, weight in zip(splits, weights):
-            for piece in split:
-                expected[piece] += count * weight / total
-    norm = sum(expected.values())
-    return {p: math.log(v / norm) for p, v in expected.items() if v > 0}, log_likelihood
-
-
-@given(vocab_strategy, st.dictionaries(st.text("abc", min_size=1, max_size=7), st.integers(1, 5), min_size=1, max_size=5))
+@given(vocab_strategy,
+       st.dictionaries(st.text("abc", min_size=1, max_size=7), st.integers(1, 5), min_size=1, max_size=5))
 @settings(max_examples=100)
 def test_em_step_equals_enumeration(log_probs, word_counts):
     got, got_ll = T.em_step(word_counts, log_probs)
-    want, want_ll = brute_em(word_counts, log_probs)
+    want, want_ll = oracles.brute_force_em_step(word_counts, log_probs)
     assert set(got) == set(want)
     assert max(abs(got[p] - want[p]) for p in want) < 1e-8
     assert math.isclose(got_ll, want_ll, rel_tol=1e-9, abs_tol=1e-9)
@@ -333,6 +405,23 @@ def test_em_never_decreases_likelihood():
     assert all(b >= a - 1e-9 for a, b in zip(history, history[1:]))
 
 
+LONG_CHUNK_EM_SECONDS = 1.0
+"""Bound on one EM step over a 20,000-character chunk: forward-backward that visits only the pieces
+ending (or starting) at each position takes about a tenth of a second; one that scans every span
+at every position takes over ten."""
+
+
+def test_em_step_visits_only_the_pieces_at_each_position():
+    word = "xy" * 10_000
+    log_probs = {"x": math.log(0.4), "y": math.log(0.4), "xy": math.log(0.2)}
+    start = time.perf_counter()
+    new, log_likelihood = T.em_step({word: 1}, log_probs)
+    seconds = time.perf_counter() - start
+    assert math.isfinite(log_likelihood) and set(new) == set(log_probs)
+    assert seconds < LONG_CHUNK_EM_SECONDS, \
+        f"one EM step on a {len(word):,}-character chunk took {seconds:.1f} s: forward-backward rescans every span"
+
+
 def test_unigram_tokenizer_trains_and_round_trips(corpus):
     text = corpus[:30_000]
     uni = T.UnigramTokenizer.train(text, vocab_size=1000)
@@ -343,6 +432,58 @@ def test_unigram_tokenizer_trains_and_round_trips(corpus):
     assert uni.decode(uni.encode(sample)) == sample
     assert len(uni.tokenize(sample)) < len(sample) * 0.7  # pieces longer than characters
     assert uni.encode("\U0001F600") == [uni.unk_id]
+
+
+class CountedLength(str):
+    """A piece that counts how often its length is asked for."""
+
+    calls = 0
+
+    def __len__(self):
+        CountedLength.calls += 1
+        return super().__len__()
+
+
+class CountedScore(float):
+    """A log probability that counts how often it is compared (min and max compare)."""
+
+    calls = 0
+
+    def __lt__(self, other):
+        CountedScore.calls += 1
+        return super().__lt__(other)
+
+    def __gt__(self, other):
+        CountedScore.calls += 1
+        return super().__gt__(other)
+
+
+def test_unigram_encode_does_not_rescan_the_vocabulary_for_each_chunk():
+    """The longest piece and the score of an unknown character are computed once per tokenizer."""
+    rng = random.Random(0)
+    pieces = {"".join(rng.choice("abcde") for _ in range(rng.randrange(2, 6))) for _ in range(300)} | set("abcde ")
+    uni = T.UnigramTokenizer({CountedLength(p): CountedScore(-rng.uniform(1, 10)) for p in pieces})
+    text = " ".join("".join(rng.choice("abcdef") for _ in range(rng.randrange(1, 9))) for _ in range(200))
+    CountedLength.calls = CountedScore.calls = 0
+    ids = uni.encode(text)
+    assert uni.decode(ids).replace(T.UNKNOWN_TEXT, "f") == text
+    scans = CountedLength.calls + CountedScore.calls
+    assert scans == 0, (f"encoding {len(T.pretokenize(text))} chunks looked at pieces of the vocabulary {scans:,} "
+                        "times: compute the longest piece and the unknown score once, when the vocabulary is set")
+
+
+def test_unigram_tokenizer_follows_a_new_vocabulary():
+    uni = T.UnigramTokenizer({"a": -1.0, "b": -1.0})
+    assert uni.tokenize("abab") == ["a", "b", "a", "b"] and uni.vocab_size == 3
+    uni.log_probs = {"a": -1.0, "b": -1.0, "ab": -0.5}
+    assert uni.vocab_size == 4
+    assert uni.tokenize("abab") == ["ab", "ab"], "a longer piece was added: the longest piece must be recomputed"
+    ids = uni.encode("abab")
+    assert ids == [uni.piece_to_id["ab"]] * 2 and uni.decode(ids) == "abab"
+    with pytest.raises(TypeError):
+        uni.log_probs["ba"] = -1.0  # in place, the cached values would go stale: assign a new vocabulary instead
+    with pytest.raises(ValueError, match="at least one piece"):
+        T.UnigramTokenizer({})
 
 
 def test_encode_cache_is_bounded(trained, monkeypatch):

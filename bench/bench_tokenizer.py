@@ -1,6 +1,7 @@
-"""Our byte-level BPE (llmcourse.tokenizer) side by side with Hugging Face `tokenizers`.
+"""Our tokenizers (llmcourse.tokenizer) side by side with Hugging Face `tokenizers`.
 
-One run, one corpus, the same vocabulary size, the same GPT-2 pre-tokenization:
+`--task bpe` (the default), byte-level BPE. One run, one corpus, the same vocabulary
+size, the same GPT-2 pre-tokenization:
 
 1. training: `BPETokenizer.train(text, V)` against `BpeTrainer` through
    `train_from_iterator` (one run each);
@@ -10,10 +11,17 @@ One run, one corpus, the same vocabulary size, the same GPT-2 pre-tokenization:
 3. agreement: whether both learned the same merges, compared as byte strings,
    and whether they split the corpus into the same tokens.
 
+`--task unigram`, Unigram encoding. A `UnigramTokenizer` trained to `--pieces` pieces
+on `--chars` characters encodes those characters three ways: the way it did before the
+tokenizer kept its longest piece and unknown score with the vocabulary (Viterbi recomputing
+both for every chunk), `encode` as it is, and the library's Unigram model on the same
+pieces and scores with the same pre-tokenization (`encode` on the whole text, one call).
+
 Usage (from the repository root):
 
     .venv/bin/python bench/bench_tokenizer.py --mb 4
     .venv/bin/python bench/bench_tokenizer.py --text my_corpus.txt --vocab-size 16000
+    .venv/bin/python bench/bench_tokenizer.py --task unigram --chars 100000 --pieces 1000
 
 The library runs on several threads (Rayon); ours on one. `--hf-threads N` sets
 RAYON_RS_NUM_THREADS before the library is imported, for a one-thread-each
@@ -24,7 +32,6 @@ comparison. The figures are wall-clock seconds from `time.perf_counter`; the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -45,6 +52,8 @@ BYTES_PER_MB = 1_000_000
 DEFAULT_MB = 4.0
 DEFAULT_VOCAB_SIZE = 8000
 DEFAULT_REPEAT = 3
+DEFAULT_UNIGRAM_CHARS = 100_000
+DEFAULT_UNIGRAM_PIECES = 1000
 
 TRAIN_TARGET = 3.0
 """Our training may take at most this many times the library's time."""
@@ -152,33 +161,15 @@ def train_ours(text: str, vocab_size: int):
 
 
 def train_theirs(lines: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        min_frequency=0,
-        show_progress=False,
-        special_tokens=[],
-    )
-    tokenizer.train_from_iterator(lines, trainer=trainer, length=len(lines))
-    return tokenizer
+    # Imported here, not at the top: --hf-threads must be set before `tokenizers` is imported.
+    from llmcourse.course.tokenizer_oracles import hf_byte_level_bpe
+    return hf_byte_level_bpe(lines, vocab_size)
 
 
 def their_merges_as_bytes(tokenizer) -> list[tuple[bytes, bytes]]:
     """The library's merges, its GPT-2 characters turned back into bytes."""
-    from llmcourse.tokenizer import bytes_to_unicode
-    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
-
-    def to_bytes(token: str) -> bytes:
-        return bytes(byte_of[char] for char in token)
-
-    merges = json.loads(tokenizer.to_str())["model"]["merges"]
-    # Older versions of the library store a merge as "a b", newer ones as ["a", "b"].
-    pairs = [m.split(" ") if isinstance(m, str) else m for m in merges]
-    return [(to_bytes(a), to_bytes(b)) for a, b in pairs]
+    from llmcourse.course.tokenizer_oracles import hf_merges_bytes
+    return hf_merges_bytes(tokenizer)
 
 
 def our_merges_as_bytes(tok) -> list[tuple[bytes, bytes]]:
@@ -200,15 +191,97 @@ def compare_merges(ours: list, theirs: list) -> dict:
 
 def compare_tokens(tok, our_ids: list[int], their_tokenizer, their_encodings) -> tuple[bool, int]:
     """Do both split the corpus into the same byte strings? (same?, first differing token)"""
-    from llmcourse.tokenizer import bytes_to_unicode
-    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
-    their_text = {i: bytes(byte_of[c] for c in t) for t, i in their_tokenizer.get_vocab().items()}
+    from llmcourse.course.tokenizer_oracles import hf_vocab_bytes
+    their_text = hf_vocab_bytes(their_tokenizer)
     our_tokens = [tok.token_bytes(i) for i in our_ids]
     their_tokens = [their_text[i] for encoding in their_encodings for i in encoding.ids]
     for k, (a, b) in enumerate(zip(our_tokens, their_tokens)):
         if a != b:
             return False, k
     return len(our_tokens) == len(their_tokens), min(len(our_tokens), len(their_tokens))
+
+
+# --- Unigram encoding ----------------------------------------------------------
+
+def unigram_text(args) -> tuple[str, str]:
+    """(text, a line describing where it came from): `--chars` characters."""
+    if args.text is not None:
+        return load_text(args.text)[:args.chars], f"file {args.text}"
+    text = generate_corpus(args.chars, seed=args.seed)[:args.chars]
+    return text, f"generate_corpus(seed={args.seed}) (English, about 20% Chinese)"
+
+
+def encode_rescanning_the_vocabulary(uni, text: str) -> list[int]:
+    """Unigram encoding as it was before the tokenizer kept its longest piece and unknown score
+    with the vocabulary: `viterbi_segment` recomputes both, a pass over the vocabulary, per chunk."""
+    from llmcourse.tokenizer import pretokenize, viterbi_segment
+    log_probs = dict(uni.log_probs)
+    return [uni.piece_to_id.get(piece, uni.unk_id)
+            for chunk in pretokenize(text, uni.pattern) for piece in viterbi_segment(chunk, log_probs)]
+
+
+def their_unigram(uni):
+    """The library's Unigram model with our pieces, scores, ids and pre-tokenization."""
+    from llmcourse.course.tokenizer_oracles import hf_unigram
+    pieces = {piece: uni.log_probs[piece] for piece in uni.pieces[uni.unk_id + 1:]}
+    return hf_unigram(pieces, split_pattern=uni.pattern, unk_token=uni.pieces[uni.unk_id])
+
+
+def fuse_unknown_runs(ids: list[int], unk_id: int) -> list[int]:
+    """A run of unknown ids as one, the way the library reports unknown characters in a chunk."""
+    return [i for k, i in enumerate(ids) if i != unk_id or k == 0 or ids[k - 1] != unk_id]
+
+
+def compare_unigram_ids(uni, text: str, their_ids: list[int]) -> tuple[bool, int]:
+    """Same ids, chunk by chunk, once runs of unknown characters are fused? (same?, first difference)"""
+    from llmcourse.tokenizer import pretokenize
+    ours = [i for chunk in pretokenize(text, uni.pattern) for i in fuse_unknown_runs(uni.encode(chunk), uni.unk_id)]
+    for k, (a, b) in enumerate(zip(ours, their_ids)):
+        if a != b:
+            return False, k
+    return len(ours) == len(their_ids), min(len(ours), len(their_ids))
+
+
+def run_unigram(args, parser) -> int:
+    from llmcourse.tokenizer import UnigramTokenizer
+    if args.chars < 1:
+        parser.error("--chars must be at least 1")
+    try:
+        text, source = unigram_text(args)
+    except (FileNotFoundError, ValueError) as error:  # no such file, or not UTF-8 text
+        parser.error(str(error))
+    import tokenizers
+    print(f"text: {source}: {len(text):,} characters")
+    print(f"Python {platform.python_version()}, tokenizers {tokenizers.__version__}, "
+          f"{platform.machine()} {platform.system()}; both sides encode on one thread")
+    print(thread_report()[0])
+    try:
+        uni, train = timed(UnigramTokenizer.train, text, args.pieces)
+    except ValueError as error:  # fewer pieces than the text has distinct characters
+        parser.error(str(error))
+    print(f"trained our Unigram on the text in {train.wall:.2f} s: {uni.vocab_size - 1} pieces "
+          f"(longest {uni.max_piece_len} characters) and the unknown id\n", flush=True)
+    theirs = their_unigram(uni)
+
+    before_ids, _, before = best_of(args.repeat, encode_rescanning_the_vocabulary, uni, text)
+    our_ids, _, after = best_of(args.repeat, uni.encode, text)
+    encoding, _, library = best_of(args.repeat, theirs.encode, text)
+    if before_ids != our_ids:
+        raise SystemExit("internal error: the two ways of encoding give different ids")
+
+    rows = [[f"encode {len(text):,} characters", f"s (best of {args.repeat})", "ratio to tokenizers"]]
+    for name, timing in [("ours before: Viterbi rescans the vocabulary for every chunk", before),
+                         ("ours after: longest piece and unknown score kept with the vocabulary", after),
+                         ("tokenizers: Unigram model, encode(text)", library)]:
+        rows.append([name, f"{timing.wall:.3f}", f"{timing.wall / library.wall:.2f}×"])
+    print(table(rows))
+    print(f"\nspeed-up of `encode`: {before.wall / after.wall:.1f}x "
+          f"({before.wall:.3f} s -> {after.wall:.3f} s, {len(our_ids):,} tokens)")
+    same, position = compare_unigram_ids(uni, text, encoding.ids)
+    print("same ids as the library (runs of unknown characters fused, as the library does): "
+          + ("yes" if same else f"no (first difference at token {position})"))
+    print(f"ours decode(encode(text)) == text: {'yes' if uni.decode(our_ids) == text else 'no (unknown characters)'}")
+    return 0
 
 
 # --- Report --------------------------------------------------------------------
@@ -259,12 +332,20 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
     parser.add_argument("--hf-threads", type=int, default=None,
                         help=f"set {RAYON_THREADS_VARIABLE} for the library (default: leave as is)")
+    parser.add_argument("--task", choices=["bpe", "unigram"], default="bpe",
+                        help="byte-level BPE training and encoding, or Unigram encoding (default: bpe)")
+    parser.add_argument("--chars", type=int, default=DEFAULT_UNIGRAM_CHARS,
+                        help=f"unigram: characters to train on and encode (default {DEFAULT_UNIGRAM_CHARS:,})")
+    parser.add_argument("--pieces", type=int, default=DEFAULT_UNIGRAM_PIECES,
+                        help=f"unigram: vocabulary size (default {DEFAULT_UNIGRAM_PIECES})")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.hf_threads is not None:
         # Must happen before `tokenizers` is imported: the pool is made once.
         os.environ[RAYON_THREADS_VARIABLE] = str(args.hf_threads)
+    if args.task == "unigram":
+        return run_unigram(args, parser)
 
     try:
         text, source = build_corpus(args)

@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
 # --- GPT-2's byte <-> character table, written from its definition ----------------------------
 
@@ -146,7 +146,14 @@ def hf_merges_bytes(tokenizer: Tokenizer) -> list[tuple[bytes, bytes]]:
     return [(byte_level_to_bytes(a), byte_level_to_bytes(b)) for a, b in pairs]
 
 
-def hf_unigram(log_probs: dict) -> Tokenizer:
-    """The library's Unigram model on the pieces of `log_probs`, with '<unk>' at id 0 and no
-    pre-tokenizer (it splits each string it is given as one chunk)."""
-    return Tokenizer(models.Unigram([("<unk>", 0.0)] + list(log_probs.items()), 0, False))
+def hf_unigram(log_probs: dict, split_pattern: str | None = None, unk_token: str = "<unk>") -> Tokenizer:
+    """The library's Unigram model: `unk_token` is id 0, then the pieces of `log_probs` in their order.
+
+    Without `split_pattern` there is no pre-tokenizer (each string given is one chunk); with it,
+    the text is cut into the pattern's matches, as `regex.findall` does. The library fuses a run
+    of unknown characters into one unknown token; ours gives one per character.
+    """
+    tokenizer = Tokenizer(models.Unigram([(unk_token, 0.0)] + list(log_probs.items()), 0, False))
+    if split_pattern is not None:
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(split_pattern), behavior="isolated")
+    return tokenizer

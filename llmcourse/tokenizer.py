@@ -95,9 +95,44 @@ GPT2_SPLIT_PATTERN = (
 become separate chunks (a word keeps its leading space), and BPE never merges across chunks."""
 
 
+LETTERS_AFTER_UNICODE_15 = (
+    r"\u0558\u058B-\u058C\u088F\u0C5C\u0CDC\u208F\u209D-\u209F\uA7CE-\uA7CF\uA7D2\uA7D4\uA7DD\uA7E2"
+    r"\uA7F1\uAB6C-\uAB6D\U000107BB-\U000107BF\U00010940-\U00010959\U00010EC5-\U00010EC7"
+    r"\U00010ED9-\U00010EEE\U00011B0A\U00011DB0-\U00011DDB\U00011DF1\U00016EA0-\U00016EB8"
+    r"\U00016EBB-\U00016ED3\U00016FF2-\U00016FF3\U000187F8-\U000187FF\U00018CD6-\U00018CDA"
+    r"\U00018D09-\U00018D20\U00018D80-\U00018DF2\U00018E00-\U00019191\U000191A0-\U000191D2"
+    r"\U0001B123-\U0001B128\U0001B168\U0001D6A6\U0001DF1F-\U0001DF24\U0001DF2B-\U0001DF81"
+    r"\U0001DF90-\U0001DF96\U0001DFCD-\U0001DFFF\U0001E6C0-\U0001E6DE\U0001E6E0-\U0001E6E2"
+    r"\U0001E6E4-\U0001E6E5\U0001E6E7-\U0001E6ED\U0001E6F0-\U0001E6F4\U0001E6FE-\U0001E6FF"
+    r"\U0002B73A-\U0002B73F\U0002B81E\U0002CEA2-\U0002CEAD\U000323B0-\U00033479\U0003D000-\U0003FC3F"
+)
+"""Letters assigned in Unicode 16 and 17. The `tokenizers` library classifies characters with
+older Unicode tables, where these are unassigned (symbols for the GPT-2 pattern); the
+`regex` package follows the newest Unicode. Leaving them out of \\p{L} makes our chunks the
+library's whatever `regex` is installed (tests/test_tokenizer.py checks every code point)."""
+
+DIGITS_AFTER_UNICODE_15 = (
+    r"\U00011DE0-\U00011DE9\U0001246F\U00012475-\U0001247F\U00012550-\U00012686\U00016FF4-\U00016FF6"
+)
+"""Digits assigned in Unicode 16 and 17, left out of \\p{N} for the same reason."""
+
+
+def with_library_unicode(pattern: str) -> str:
+    """`pattern` with \\p{L} and \\p{N} limited to the letters and digits `tokenizers` knows."""
+    letters = r"[\p{L}--[" + LETTERS_AFTER_UNICODE_15 + "]]"
+    digits = r"[\p{N}--[" + DIGITS_AFTER_UNICODE_15 + "]]"
+    return pattern.replace(r"\p{L}", letters).replace(r"\p{N}", digits)
+
+
+@functools.cache
+def compiled_pattern(pattern: str) -> regex.Pattern:
+    """The compiled pre-tokenization pattern (VERSION1 syntax, for the set differences above)."""
+    return regex.compile(with_library_unicode(pattern), regex.VERSION1)
+
+
 def pretokenize(text: str, pattern: str = GPT2_SPLIT_PATTERN) -> list[str]:
     """Split `text` into the chunks BPE learns merges within (Eq. 1.3 in the book)."""
-    return regex.findall(pattern, text)
+    return compiled_pattern(pattern).findall(text)
 
 
 @functools.cache
@@ -322,7 +357,7 @@ class BPETokenizer:
         pieces = [text] if splitter is None else splitter.split(text)[::2]
         chunk_counts = Counter()
         for piece in pieces:
-            chunk_counts.update(regex.findall(pattern, piece))
+            chunk_counts.update(pretokenize(piece, pattern))
         table = byte_to_id_table()
         word_counts = {tuple(chunk.encode("utf-8").translate(table)): n for chunk, n in chunk_counts.items()}
         merges, _ = learn_merges(word_counts, base_vocab(), vocab_size - len(special_tokens))
@@ -342,7 +377,7 @@ class BPETokenizer:
 
     def _encode_chunks(self, text: str, out: list) -> None:
         cache, table = self._cache, byte_to_id_table()
-        for chunk in regex.findall(self.pattern, text):
+        for chunk in pretokenize(text, self.pattern):
             ids = cache.get(chunk)
             if ids is None:
                 ids = bpe_encode_word(chunk.encode("utf-8").translate(table), self.ranks, self.merges)
@@ -567,7 +602,7 @@ class UnigramTokenizer:
     @classmethod
     def train(cls, text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN) -> UnigramTokenizer:
         """EM plus pruning until at most `vocab_size` pieces remain (all characters are kept)."""
-        word_counts = Counter(regex.findall(pattern, text))
+        word_counts = Counter(pretokenize(text, pattern))
         chars, substrings = Counter(), Counter()
         for word, count in word_counts.items():
             for i in range(len(word)):
@@ -601,7 +636,7 @@ class UnigramTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """Text -> pieces: pre-tokenize, then the Viterbi split of each chunk."""
-        return [piece for chunk in regex.findall(self.pattern, text)
+        return [piece for chunk in pretokenize(text, self.pattern)
                 for piece in viterbi_segment(chunk, self._log_probs, self.max_piece_len, self.unknown_score)]
 
     def encode(self, text: str) -> list[int]:

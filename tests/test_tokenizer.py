@@ -336,7 +336,8 @@ def test_pretokenization_matches_tokenizers_on_every_code_point():
     assert not differing, (
         f"{len(differing):,} code points are pre-tokenized differently by `regex` {version('regex')} and "
         f"`tokenizers` {version('tokenizers')} (e.g. {examples}): their Unicode versions differ. "
-        "Install a `regex` release with the library's Unicode tables (the range pinned in pyproject.toml).")
+        "Add the newly assigned letters and digits to LETTERS_AFTER_UNICODE_15 / DIGITS_AFTER_UNICODE_15 "
+        "in llmcourse.tokenizer (or remove those the library has learned).")
 
 
 # --- Unigram ----------------------------------------------------------------------------------

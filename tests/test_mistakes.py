@@ -9,12 +9,16 @@ import nbformat
 import pytest
 
 from llmcourse.course.chapters import CHAPTERS
-from llmcourse.course.mistakes import code_cells, grade_cell_after, run_in_subprocess
+from llmcourse.course.mistakes import code_cells, exercise_of, run_in_subprocess
 
 pytestmark = [pytest.mark.course_infra]
 
 MISTAKES_PER_EXERCISE = 5
 """The least a catalogue lists for each graded exercise."""
+
+VISIBLE_KILL_RATE = {"chapter": 0.8, "exercise": 0.6}
+"""The share of the catalogue the visible tests alone must catch, over a chapter and in each of its
+exercises: a learner without solutions/ finds the common mistakes; hidden tests add configurations."""
 
 
 def catalogue_path(root, chapter):
@@ -26,9 +30,9 @@ def test_every_exercise_has_a_catalogue_of_mistakes(root, chapter):
     path = catalogue_path(root, chapter)
     assert path.exists(), f"{path} is missing: every chapter lists its learners' likely mistakes"
     cells = code_cells(chapter.solution_path(root))
-    graded = [cell_id for cell_id, _, is_grade in cells if is_grade]
-    per_exercise = Counter(cells[grade_cell_after(cells, m.cell)][0] for m in runpy.run_path(str(path))["MISTAKES"])
-    thin = {grade_id: per_exercise.get(grade_id, 0) for grade_id in graded
+    exercises = [exercise_of(cells, c.id) for c in cells if c.is_solution]
+    per_exercise = Counter(exercise_of(cells, m.cell) for m in runpy.run_path(str(path))["MISTAKES"])
+    thin = {grade_id: per_exercise.get(grade_id, 0) for grade_id in exercises
             if per_exercise.get(grade_id, 0) < MISTAKES_PER_EXERCISE}
     assert not thin, f"exercises with fewer than {MISTAKES_PER_EXERCISE} catalogued mistakes: {thin}"
 
@@ -47,7 +51,28 @@ def test_grade_cells_catch_every_catalogued_mistake(root, chapter):
     early = [f"{mistakes[o.mistake].what}: {o.error}" for o in outcomes
              if o.mistake >= 0 and "before the tests ran" in o.error]
     assert not early, "mistakes that break a cell before their tests run (not realistic):\n" + "\n".join(early)
-    assert len(outcomes) == len(mistakes) + len({o.grade_id for o in outcomes if o.mistake < 0})
+    assert len(outcomes) == len(mistakes) + len({m.cell for m in mistakes})
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
+def test_visible_tests_catch_most_mistakes(root, chapter):
+    path = catalogue_path(root, chapter)
+    if not path.exists():
+        pytest.fail(f"{path} is missing")
+    mistakes = runpy.run_path(str(path))["MISTAKES"]
+    outcomes = run_in_subprocess(chapter.solution_path(root), path, cwd=root, visible_only=True)
+    assert not [o for o in outcomes if o.mistake < 0 and o.caught], "the reference fails its visible tests"
+    caught, total = Counter(), Counter()
+    for o in outcomes:
+        if o.mistake >= 0:
+            total[o.grade_id] += 1
+            caught[o.grade_id] += o.caught
+    rate = sum(caught.values()) / sum(total.values())
+    weak = {g: f"{caught[g]}/{total[g]}" for g in total if caught[g] / total[g] < VISIBLE_KILL_RATE["exercise"]}
+    missed = [mistakes[o.mistake].what for o in outcomes if o.mistake >= 0 and not o.caught]
+    assert rate >= VISIBLE_KILL_RATE["chapter"] and not weak, (
+        f"the visible tests catch {rate:.0%} of the catalogue (at least {VISIBLE_KILL_RATE['chapter']:.0%} wanted); "
+        f"exercises below {VISIBLE_KILL_RATE['exercise']:.0%}: {weak}; missed: {missed}")
 
 
 def test_the_runner_reports_a_mistake_its_tests_miss(root, tmp_path):

@@ -4,9 +4,12 @@ Each chapter has a catalogue, `tests/mistakes/<notebook>.py`, listing the mistak
 actually make, exercise by exercise: a sentence saying what the mistake is and why it is made,
 and the edit that turns the reference solution into it. `run_catalogue` executes, in one Python
 process, the reference notebook once per mistake with that one edit, up to and including the
-grade cell of the edited exercise, and reports whether the grade cell failed. Only that
-exercise's grade cell runs: the other grade cells are skipped, so a mistake is charged to its
-own exercise.
+grade cells of the edited exercise (those between its solution cell and the next one), and
+reports whether one of them failed. Only that exercise's grade cells run: the other grade cells
+are skipped, so a mistake is charged to its own exercise.
+
+With `visible_only`, the hidden tests are cut out of the grade cells first: what a learner
+without `solutions/` can see for themselves.
 
 The notebook's cells run as plain Python (no kernel): imports are cached after the first run,
 so a mistake costs little more than its exercise's tests.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import runpy
 import signal
 import subprocess
@@ -28,6 +32,8 @@ import nbformat
 
 MISTAKE_TIMEOUT = 60
 """Seconds one mistake's run may take before it counts as caught by a time limit (an infinite loop)."""
+
+HIDDEN_TESTS = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDDEN TESTS[ \t]*$\n?", re.M | re.S)
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,18 @@ class Mistake:
 @dataclass
 class Outcome:
     mistake: int  # index in the catalogue; -1 is the reference solution
-    grade_id: str
-    caught: bool  # the grade cell raised
+    grade_id: str  # the exercise's first grade cell
+    caught: bool  # a grade cell of the exercise raised
     error: str  # the first line of what it raised
     seconds: float
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    source: str
+    is_grade: bool
+    is_solution: bool
 
 
 def load_catalogue(path: Path) -> list[Mistake]:
@@ -58,27 +72,37 @@ def load_catalogue(path: Path) -> list[Mistake]:
     return list(mistakes)
 
 
-def code_cells(notebook_path: Path) -> list[tuple[str, str, bool]]:
-    """(cell id, source, is a grade cell) for every code cell, in order."""
+def code_cells(notebook_path: Path) -> list[Cell]:
+    """Every code cell of the notebook, in order."""
     notebook = nbformat.read(str(notebook_path), as_version=4)
     cells = []
     for cell in notebook.cells:
         if cell.cell_type == "code":
             meta = cell.metadata.get("nbgrader", {})
-            cells.append((cell.get("id", ""), cell.source, bool(meta.get("grade"))))
+            cells.append(Cell(cell.get("id", ""), cell.source, bool(meta.get("grade")), bool(meta.get("solution"))))
     return cells
 
 
-def grade_cell_after(cells, cell_id: str) -> int:
-    """The index of the first grade cell after the cell `cell_id`: the tests of its exercise."""
-    ids = [c[0] for c in cells]
+def grade_cells_of(cells: list[Cell], cell_id: str) -> list[int]:
+    """The indices of the grade cells that test the solution cell `cell_id`: those after it and
+    before the next solution cell."""
+    ids = [c.id for c in cells]
     if cell_id not in ids:
         raise KeyError(f"no code cell with id {cell_id!r}; the cells are {ids}")
-    start = ids.index(cell_id)
-    for index in range(start + 1, len(cells)):
-        if cells[index][2]:
-            return index
-    raise KeyError(f"no grade cell follows cell {cell_id!r}")
+    found = []
+    for index in range(ids.index(cell_id) + 1, len(cells)):
+        if cells[index].is_solution:
+            break
+        if cells[index].is_grade:
+            found.append(index)
+    if not found:
+        raise KeyError(f"no grade cell follows cell {cell_id!r}")
+    return found
+
+
+def exercise_of(cells: list[Cell], cell_id: str) -> str:
+    """The grade id that names the exercise of a solution cell: its first grade cell's."""
+    return cells[grade_cells_of(cells, cell_id)[0]].id
 
 
 class TimeLimit(Exception):
@@ -89,59 +113,75 @@ def alarm(signum, frame):
     raise TimeLimit(f"took more than {MISTAKE_TIMEOUT} s")
 
 
-def run_one(cells, target: int, replaced: dict[str, str], timeout: int) -> tuple[bool, str]:
-    """Run the non-grade cells up to `target` and the grade cell `target`; (it raised, message)."""
+def run_one(cells: list[Cell], targets: list[int], replaced: dict[str, str], timeout: int) -> tuple[bool, str]:
+    """Run the non-grade cells up to the last target, and the target grade cells; (one raised, message)."""
     namespace = {"__name__": "__main__"}
     signal.signal(signal.SIGALRM, alarm)
     signal.alarm(timeout)
     printed = io.StringIO()  # what the cells print is not part of the verdict
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        return run_cells(cells, target, replaced, namespace)
+        return run_cells(cells, targets, replaced, namespace)
 
 
-def run_cells(cells, target: int, replaced: dict[str, str], namespace: dict) -> tuple[bool, str]:
+def run_cells(cells: list[Cell], targets: list[int], replaced: dict[str, str], namespace: dict) -> tuple[bool, str]:
     try:
-        for index, (cell_id, source, is_grade) in enumerate(cells[:target + 1]):
-            if is_grade and index != target:
+        caught = []
+        for index, cell in enumerate(cells[:max(targets) + 1]):
+            if cell.is_grade and index not in targets:
                 continue
-            code = compile(replaced.get(cell_id, source), f"<cell {cell_id}>", "exec")
+            code = compile(replaced.get(cell.id, cell.source), f"<cell {cell.id}>", "exec")
             try:
                 exec(code, namespace)
             except BaseException as error:  # a mistake may raise anything, SystemExit included
-                if index == target:
-                    return True, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                return True, f"cell {cell_id} raised {type(error).__name__} before the tests ran: {error}"
-        return False, ""
+                message = str(error).splitlines()[0] if str(error) else ""
+                if index not in targets:
+                    return True, f"cell {cell.id} raised {type(error).__name__} before the tests ran: {message}"
+                caught.append(f"{cell.id}: {type(error).__name__}: {message}")
+        return bool(caught), "; ".join(caught)
     except TimeLimit as error:
         return True, f"TimeLimit: {error}"
     finally:
         signal.alarm(0)
 
 
-def run_catalogue(notebook_path: Path, catalogue_path: Path, timeout: int = MISTAKE_TIMEOUT) -> list[Outcome]:
-    """Every mistake of the catalogue (and the reference, as mistake -1) against its grade cell."""
+def visible(cell: Cell) -> Cell:
+    """The grade cell as a learner without solutions/ sees it: no hidden tests."""
+    if not cell.is_grade:
+        return cell
+    return Cell(cell.id, HIDDEN_TESTS.sub("", cell.source), cell.is_grade, cell.is_solution)
+
+
+def run_catalogue(notebook_path: Path, catalogue_path: Path, timeout: int = MISTAKE_TIMEOUT,
+                  visible_only: bool = False) -> list[Outcome]:
+    """Every mistake of the catalogue (and the reference, as mistake -1) against its exercise's grade cells."""
     cells = code_cells(notebook_path)
+    if visible_only:
+        cells = [visible(c) for c in cells]
+    sources = {c.id: c.source for c in cells}
     mistakes = load_catalogue(catalogue_path)
     outcomes = []
-    reference_targets = sorted({grade_cell_after(cells, m.cell) for m in mistakes})
-    for target in reference_targets:
+    for cell_id in dict.fromkeys(m.cell for m in mistakes):  # the reference, once per exercise
+        targets = grade_cells_of(cells, cell_id)
         start = time.perf_counter()
-        caught, error = run_one(cells, target, {}, timeout)
-        outcomes.append(Outcome(-1, cells[target][0], caught, error, time.perf_counter() - start))
+        caught, error = run_one(cells, targets, {}, timeout)
+        outcomes.append(Outcome(-1, cells[targets[0]].id, caught, error, time.perf_counter() - start))
     for index, mistake in enumerate(mistakes):
-        target = grade_cell_after(cells, mistake.cell)
-        source = dict((c[0], c[1]) for c in cells)[mistake.cell]
+        targets = grade_cells_of(cells, mistake.cell)
+        source = sources[mistake.cell]
         if mistake.old not in source:
             raise ValueError(f"mistake {index} ({mistake.what}): {mistake.old!r} is not in cell {mistake.cell}")
         start = time.perf_counter()
-        caught, error = run_one(cells, target, {mistake.cell: source.replace(mistake.old, mistake.new)}, timeout)
-        outcomes.append(Outcome(index, cells[target][0], caught, error, time.perf_counter() - start))
+        caught, error = run_one(cells, targets, {mistake.cell: source.replace(mistake.old, mistake.new)}, timeout)
+        outcomes.append(Outcome(index, cells[targets[0]].id, caught, error, time.perf_counter() - start))
     return outcomes
 
 
-def run_in_subprocess(notebook_path: Path, catalogue_path: Path, cwd: Path) -> list[Outcome]:
+def run_in_subprocess(notebook_path: Path, catalogue_path: Path, cwd: Path,
+                      visible_only: bool = False) -> list[Outcome]:
     """run_catalogue in a fresh interpreter (the notebook's cells change global state)."""
     command = [sys.executable, "-m", "llmcourse.course.mistakes", str(notebook_path), str(catalogue_path)]
+    if visible_only:
+        command.append("--visible-only")
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"the catalogue run failed:\n{result.stdout}\n{result.stderr}")
@@ -152,7 +192,7 @@ def main(argv: list[str]) -> int:
     from llmcourse.course import mistakes  # not __main__'s copy: catalogues import Mistake from here
 
     notebook, catalogue = Path(argv[0]), Path(argv[1])
-    outcomes = mistakes.run_catalogue(notebook, catalogue)
+    outcomes = mistakes.run_catalogue(notebook, catalogue, visible_only="--visible-only" in argv[2:])
     print(json.dumps([asdict(o) for o in outcomes]))
     return 0
 

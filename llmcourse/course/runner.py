@@ -43,7 +43,9 @@ class Limits:
 
     def environment(self) -> dict[str, str]:
         """Variables for the kernel: bounded threads and malloc arenas keep memory use predictable."""
-        env = {"MALLOC_ARENA_MAX": "2"}
+        # One hash seed for every kernel: a test that iterates over a set of strings then checks
+        # the same things in the same order on every run and machine, so a score never depends on it.
+        env = {"MALLOC_ARENA_MAX": "2", "PYTHONHASHSEED": "0"}
         if self.threads:
             for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
                 env[name] = str(self.threads)

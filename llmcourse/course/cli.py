@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import package_tests
 from .chapters import CHAPTERS, chapter_by_assignment
 from .export import ExportError, chapter_of_notebook, export_package, export_reference
 from .nbgrader_tools import repo_root
@@ -72,50 +73,6 @@ def notebook_chapter(path: Path):
     return chapter
 
 
-def package_test_report(root: Path, chapter, notebook: Path) -> tuple[list[tuple[str, str, str]], str]:
-    """Export the notebook's chapter into a package (other chapters: the reference) and run its tests.
-
-    Returns [(test, "pass" | "FAIL", first line of the failure)] and a note when it could not run.
-    """
-    import shutil
-    import tempfile
-    import xml.etree.ElementTree as ET
-
-    from .export import export_package
-
-    with tempfile.TemporaryDirectory(prefix="llmcourse-check-") as scratch:
-        out = Path(scratch) / "package"
-        try:
-            package = export_package([notebook], out)
-        except ExportError as error:
-            return [], f"your export cells cannot be exported: {error}"
-        for other in CHAPTERS:
-            for module in other.modules:
-                if other is not chapter and not (package / f"{module}.py").exists():
-                    shutil.copy2(root / "llmcourse" / f"{module}.py", package / f"{module}.py")
-        report = Path(scratch) / "report.xml"
-        env = dict(os.environ, LLMCOURSE_PACKAGE=str(out))
-        files = [str(root / "tests" / f) for f in chapter.test_files]
-        subprocess.run([sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
-                        f"--junitxml={report}", "-m", "not slow"], cwd=root, env=env, capture_output=True, text=True)
-        if not report.exists():
-            return [], "the package tests did not run"
-        outcome: dict[str, tuple[str, str]] = {}
-        for case in ET.parse(report).getroot().iter("testcase"):
-            name = case.get("name", "").split("[")[0]
-            failure = case.find("failure")
-            if failure is None:
-                failure = case.find("error")
-            if case.find("skipped") is not None:
-                continue
-            if failure is not None:
-                message = (failure.get("message") or "").strip().splitlines()
-                outcome[name] = ("FAIL", message[0][:160] if message else "")
-            else:
-                outcome.setdefault(name, ("pass", ""))
-        return [(name, result, message) for name, (result, message) in outcome.items()], ""
-
-
 def cmd_check(args) -> int:
     from .grading import grade_notebook, limits_from_args
     root = repo_root()
@@ -147,17 +104,27 @@ def cmd_check(args) -> int:
         print(f"  {'total':<14} {result.score:>4g} / {result.max_score:<3g}")
         for finding in result.findings:
             print(f"  note: {finding.message}")
+        passed = sum(e.passed for e in result.exercises)
+        summary = (f"{result.score:g} / {result.max_score:g} points, "
+                   f"{passed} of {len(result.exercises)} exercises passed")
         if args.no_package:
+            print(f"  summary: {summary}")
             continue
-        tests, problem = package_test_report(root, chapter, path)
         modules = ", ".join(f"llmcourse.{m}" for m in chapter.modules)
-        print(f"\n  package tests of your {modules} ({', '.join(chapter.test_files)}, in a separate process):")
-        if problem:
+        print(f"\n  package tests of your {modules} ({', '.join(chapter.test_files)}, in a separate process; "
+              f"at most {package_tests.PACKAGE_TEST_TIMEOUT:g} s):", flush=True)
+        report = package_tests.run_package_tests(root, chapter, path, progress=lambda line: print(line, flush=True))
+        failures = [t for t in report.results if t.outcome == "FAIL"]
+        if report.problem:
             failed = True
-            print(f"  FAIL: {problem}")
-        for name, outcome, message in tests:
-            failed |= outcome != "pass"
-            print(f"  {outcome:<4}  {name}" + (f"\n        | {message}" if message else ""))
+            print(f"  FAIL: {report.problem}")
+        for test in failures:
+            failed = True
+            if test.message:
+                print(f"  FAIL  {test.name}\n        | {test.message}")
+        n_pass = sum(t.outcome == "pass" for t in report.results)
+        print(f"  summary: {summary}; {n_pass} of {len(report.results)} package tests passed "
+              f"({report.seconds:.0f} s)")
     return 1 if failed else 0
 
 

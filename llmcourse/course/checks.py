@@ -169,3 +169,53 @@ ATTENTION_FORBIDDEN = ("scaled_dot_product_attention", "MultiheadAttention", "mu
 ATTENTION_FAST_PATHS = ("sdpa_attention", "ATTENTION_FUNCTIONS")
 """Given, ungraded definitions of llmcourse.attention that may call PyTorch's attention: the
 `attn_implementation="sdpa"` switch. The rule above applies to every other definition."""
+
+
+@contextlib.contextmanager
+def calling(call: str, raises: type[BaseException] | None = None, **inputs):
+    """Say what a test was doing when the code under test raises, or fails to raise.
+
+    `call` is the call as a learner would write it, e.g. "attention_weights(q, k, mask)", and the
+    keyword arguments show its inputs (a small tensor by its values, a larger one by its shape and
+    dtype, anything else by its repr, shortened). An exception from the block becomes an
+    AssertionError that starts "calling attention_weights(q, k, mask) with q=..., raised KeyError:
+    ..." and chains the original, so its traceback stays available. Keep only the call in the
+    block: a failed check of its result would read as raised by the call.
+
+    With `raises`, the block must raise that type of exception: anything else, or nothing, fails
+    with what was expected and what came. The context value's `.error` then holds what was raised
+    (to check its message). A ForbiddenAPIError passes through unchanged: it already says why.
+    """
+    import types
+
+    outcome = types.SimpleNamespace(error=None)
+    shown = ", ".join(f"{name}={_argument(value)}" for name, value in inputs.items())
+    what = f"calling {call}" + (f" with {shown}," if shown else "")
+    try:
+        yield outcome
+    except ForbiddenAPIError:
+        raise
+    except Exception as error:  # the code under test may raise anything
+        if raises is not None and isinstance(error, raises):
+            outcome.error = error
+            return
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        verdict = f"should raise {raises.__name__}, got {text}" if raises is not None else f"raised {text}"
+        raise AssertionError(f"{what} {verdict}") from error
+    if raises is not None:
+        raise AssertionError(f"{what} should raise {raises.__name__}, got no exception")
+
+
+SHOWN_VALUES = 12
+"""A tensor argument with at most this many elements is shown by its values in a failure message."""
+
+
+def _argument(value) -> str:
+    """An argument of a call as a failure message shows it."""
+    if isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).replace("torch.", "")
+        if value.numel() <= SHOWN_VALUES:
+            return f"tensor({value.tolist()}, dtype={dtype})"
+        return f"a {dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

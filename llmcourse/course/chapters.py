@@ -19,6 +19,12 @@ class Chapter:
     title: str
     modules: tuple[str, ...]  # package modules its `#| export` cells may write
     test_files: tuple[str, ...]  # tests/ files that check those modules
+    given_modules: tuple[str, ...] = ()  # of `modules`, those written only by given (ungraded) cells
+
+    @property
+    def graded_modules(self) -> tuple[str, ...]:
+        """The modules learners write: grading keeps the reference versions of these out of reach."""
+        return tuple(m for m in self.modules if m not in self.given_modules)
 
     def solution_path(self, root: Path) -> Path:
         return Path(root) / "solutions" / self.assignment / f"{self.notebook}.ipynb"
@@ -30,7 +36,8 @@ class Chapter:
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(1, "01-tokenizers", "tokenizers", "Tokenizers", ("tokenizer",), ("test_tokenizer.py",)),
     Chapter(2, "02-embeddings", "embeddings", "Embeddings", ("embeddings",), ("test_embeddings.py",)),
-    Chapter(3, "03-attention", "attention", "Attention", ("config", "attention"), ("test_attention.py",)),
+    Chapter(3, "03-attention", "attention", "Attention", ("config", "attention"), ("test_attention.py",),
+            given_modules=("config",)),
     Chapter(4, "04-transformer", "transformer", "The Transformer block and RoPE", ("transformer",),
             ("test_transformer.py",)),
 )

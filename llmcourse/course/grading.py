@@ -101,7 +101,7 @@ def protected_paths(root: Path, chapter: Chapter) -> list[Path]:
     root = Path(root)
     paths = [root / name for name in ("solutions", "submitted", "autograded", "feedback", "gradebook.db",
                                       GRADING_DIR, "nbgrader_config.py", "source", "release")]
-    paths += [root / "llmcourse" / f"{module}.py" for module in chapter.modules]
+    paths += [root / "llmcourse" / f"{module}.py" for module in chapter.graded_modules]
     return paths
 
 
@@ -172,11 +172,11 @@ def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limi
         result.exercises = zero_results(source_nb, unreadable.finding.message)
         return result
     with PARSE_LOCK:  # CPython's ast module is not safe to use from several threads at once
-        notebook, findings = rebuild(source_nb, release_nb, submitted, own_modules=chapter.modules)
+        notebook, findings = rebuild(source_nb, release_nb, submitted, own_modules=chapter.graded_modules)
     result.findings += findings
     with tempfile.TemporaryDirectory(prefix="llmcourse-run-") as workdir:
         events = execute(notebook, Path(workdir), limits, protected_paths(root, chapter),
-                         blocked_modules=[f"llmcourse.{m}" for m in chapter.modules])
+                         blocked_modules=[f"llmcourse.{m}" for m in chapter.graded_modules])
     for event in events:
         exercise = exercise_of(notebook, event.index)
         if event.kind == "integrity" and "was not run because" in event.message:

@@ -34,6 +34,16 @@ def test_ruff_is_clean(root):
         f"ruff found problems (fix them, or `ruff check --fix`):\n{result.stdout}{result.stderr}"
 
 
+def test_generated_modules_have_pep8_blank_lines(root):
+    """Two blank lines around top-level definitions, one between methods, no runs of blank lines
+    where solution markers were (pycodestyle's E30x, a preview rule set of ruff)."""
+    modules = [str(root / "llmcourse" / f"{m}.py") for c in CHAPTERS for m in c.modules]
+    rules = "E301,E302,E303,E304,E305,E306"
+    result = subprocess.run([*ruff_command(), "check", "--no-cache", "--preview", "--select", rules,
+                             "--output-format", "concise", *modules], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, f"blank lines in the generated modules:\n{result.stdout}{result.stderr}"
+
+
 def imported_names(tree: ast.Module) -> dict[str, int]:
     names = {}
     for node in tree.body:

@@ -219,3 +219,23 @@ def _argument(value) -> str:
         return f"a {dtype} tensor of shape {tuple(value.shape)}"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+SHOWN_MASK = 64
+"""A boolean mask with at most this many elements is shown whole (as 0/1) when it is wrong."""
+
+
+def expect_mask(actual, expected: torch.Tensor, name: str = "mask") -> None:
+    """A boolean tensor equal to `expected`, checked as expect_tensor checks (type, shape, dtype and
+    device first); when only values differ, a small mask is shown whole, 1 for True."""
+    if expected.dtype != torch.bool:
+        raise TypeError(f"expect_mask compares boolean masks; the expected one is {expected.dtype}")
+    try:
+        expect_tensor(actual, expected, name, atol=0.0, rtol=0.0)
+    except AssertionError:
+        comparable = (type(actual) is torch.Tensor and actual.dtype == torch.bool
+                      and tuple(actual.shape) == tuple(expected.shape) and actual.device == expected.device)
+        if not comparable or expected.numel() > SHOWN_MASK:
+            raise
+        raise AssertionError(f"{name} should be {expected.int().tolist()}, got {actual.int().tolist()} "
+                             "(1 = True)") from None

@@ -239,3 +239,65 @@ def expect_mask(actual, expected: torch.Tensor, name: str = "mask") -> None:
             raise
         raise AssertionError(f"{name} should be {expected.int().tolist()}, got {actual.int().tolist()} "
                              "(1 = True)") from None
+
+
+def expect_equal(actual, expected, name: str = "result", *, rel_tol: float = 0.0, abs_tol: float = 0.0) -> None:
+    """Raise AssertionError unless `actual` equals the plain Python value `expected`, types included.
+
+    `expected` is built from None, bool, int, float, str, bytes, lists, tuples and dicts. Every
+    part of `actual` must have exactly the type of the matching part of `expected`, dict keys
+    included: a list subclass whose `__eq__` always answers yes does not pass, nor a str where an
+    int belongs. Floats compare within `rel_tol`/`abs_tol` (exactly by default). The message leads
+    with the expected value and what came back, then says where they first differ. Dicts compare
+    as mappings: to check their order too, compare `list(d.items())`.
+    """
+    difference = _first_difference(actual, expected, name, rel_tol, abs_tol)
+    if difference is None:
+        return
+    summary = f"{name} should be {_shown(expected)}, got {_shown(actual)}"
+    raise AssertionError(difference if difference.startswith(summary) else f"{summary}: {difference}")
+
+
+def _first_difference(actual, expected, where: str, rel_tol: float = 0.0, abs_tol: float = 0.0) -> str | None:
+    """Where `actual` first differs from `expected` in type or value (see expect_equal); None if nowhere."""
+    if type(actual) is not type(expected):
+        return f"{where} should be of type {type(expected).__name__}, got {type(actual).__name__}"
+    if isinstance(expected, (list, tuple)):
+        if len(actual) != len(expected):
+            return f"{where} should have {len(expected)} items, got {len(actual)}"
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            difference = _first_difference(a, e, f"{where}[{index}]", rel_tol, abs_tol)
+            if difference is not None:
+                return difference
+        return None
+    if isinstance(expected, dict):
+        own_key = {key: key for key in expected}  # the expected key equal to an actual one, to check its type
+        for key in actual:
+            if key not in own_key:
+                return f"{where} should not have the key {_shown(key)}"
+            difference = _first_difference(key, own_key[key], f"the key {_shown(key)} of {where}")
+            if difference is not None:
+                return difference
+        for key, value in expected.items():
+            if key not in actual:
+                return f"{where} is missing the key {_shown(key)}"
+            difference = _first_difference(actual[key], value, f"{where}[{_shown(key)}]", rel_tol, abs_tol)
+            if difference is not None:
+                return difference
+        return None
+    if isinstance(expected, float):
+        if math.isclose(actual, expected, rel_tol=rel_tol, abs_tol=abs_tol) or (math.isnan(actual)
+                                                                                 and math.isnan(expected)):
+            return None
+        return f"{where} should be {expected!r}, got {actual!r} (off by {abs(actual - expected):.3g})"
+    if not actual == expected:
+        return f"{where} should be {_shown(expected)}, got {_shown(actual)}"
+    return None
+
+
+def _shown(value) -> str:
+    """A value as a failure message shows it (shortened); an object whose repr fails, by its type."""
+    try:
+        return _argument(value)
+    except Exception:  # a submitted object's __repr__ may raise anything
+        return f"a {type(value).__name__} object"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import runpy
 import signal
@@ -199,3 +200,42 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def package_kills(root: Path, chapter, catalogue_path: Path, timeout: float = 300.0) -> list[tuple[int, bool, str]]:
+    """For each mistake: does the chapter's package test suite fail on a package with that mistake?
+
+    Each mistake's notebook is exported into a package of its own and the chapter's tests run
+    against it (stopping at the first failure). Slow: one pytest process per mistake.
+    """
+    import tempfile
+
+    from .package_tests import build_package
+
+    notebook = nbformat.read(str(chapter.solution_path(root)), as_version=4)
+    results = []
+    for index, mistake in enumerate(load_catalogue(catalogue_path)):
+        mutated = nbformat.from_dict(json.loads(json.dumps(notebook)))
+        cell = next(c for c in mutated.cells if c.get("id") == mistake.cell)
+        cell.source = cell.source.replace(mistake.old, mistake.new)
+        with tempfile.TemporaryDirectory(prefix="llmcourse-mistake-") as scratch:
+            path = Path(scratch) / chapter.assignment / f"{chapter.notebook}.ipynb"
+            path.parent.mkdir()
+            nbformat.write(mutated, str(path))
+            out = Path(scratch) / "package"
+            try:
+                build_package(root, chapter, path, out)
+            except Exception as error:  # a mistake that breaks the export is caught by it
+                results.append((index, True, f"export: {error}"))
+                continue
+            env = dict(os.environ, LLMCOURSE_PACKAGE=str(out))
+            command = [sys.executable, "-m", "pytest", *[str(root / "tests" / f) for f in chapter.test_files],
+                       "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
+            try:
+                run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+                failed = run.returncode != 0
+                last = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+            except subprocess.TimeoutExpired:
+                failed, last = True, f"timed out after {timeout:g} s"
+            results.append((index, failed, last))
+    return results

@@ -301,3 +301,28 @@ def _shown(value) -> str:
         return _argument(value)
     except Exception:  # a submitted object's __repr__ may raise anything
         return f"a {type(value).__name__} object"
+
+
+class TensorsMade(torch.overrides.TorchFunctionMode):
+    """Within the block, records every tensor a torch function or tensor method returns.
+
+    `made` lists (function name, device type, dtype, shape) in call order, to check how a result
+    was built, not only what it is: e.g. that no float64 tensor was made on a device (some
+    accelerators have none), with the `meta` device standing in for one.
+
+        with TensorsMade() as recorder:
+            table = sinusoidal_position_encoding(6, 4, device="meta")
+        assert not [m for m in recorder.made if m[1] == "meta" and m[2] == torch.float64]
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.made: list[tuple[str, str, torch.dtype, tuple[int, ...]]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self.made.append((getattr(func, "__name__", repr(func)), tensor.device.type, tensor.dtype,
+                                  tuple(tensor.shape)))
+        return out

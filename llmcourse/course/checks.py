@@ -241,57 +241,67 @@ def expect_mask(actual, expected: torch.Tensor, name: str = "mask") -> None:
                              "(1 = True)") from None
 
 
-def expect_equal(actual, expected, name: str = "result", *, rel_tol: float = 0.0, abs_tol: float = 0.0) -> None:
+def expect_equal(actual, expected, name: str = "result", *, hint: str = "", rel_tol: float = 0.0,
+                 abs_tol: float = 0.0) -> None:
     """Raise AssertionError unless `actual` equals the plain Python value `expected`, types included.
 
     `expected` is built from None, bool, int, float, str, bytes, lists, tuples and dicts. Every
     part of `actual` must have exactly the type of the matching part of `expected`, dict keys
     included: a list subclass whose `__eq__` always answers yes does not pass, nor a str where an
     int belongs. Floats compare within `rel_tol`/`abs_tol` (exactly by default). The message leads
-    with the expected value and what came back, then says where they first differ. Dicts compare
-    as mappings: to check their order too, compare `list(d.items())`.
+    with the expected value and what came back, then says where they first differ
+    ("item [2][(1, 2)] should be 3, got 4"), and ends with `hint`, if given: why that is expected.
+    Dicts compare as mappings: to check their order too, compare `list(d.items())`.
     """
-    difference = _first_difference(actual, expected, name, rel_tol, abs_tol)
-    if difference is None:
+    found = _first_difference(actual, expected, "", rel_tol, abs_tol)
+    if found is None:
         return
-    summary = f"{name} should be {_shown(expected)}, got {_shown(actual)}"
-    raise AssertionError(difference if difference.startswith(summary) else f"{summary}: {difference}")
+    path, problem = found
+    message = f"{name} should be {_shown(expected)}, got {_shown(actual)}"
+    if problem is not None:
+        message += f": {f'item {path}' if path else 'it'} {problem}"
+    raise AssertionError(message + (f" ({hint})" if hint else ""))
 
 
-def _first_difference(actual, expected, where: str, rel_tol: float = 0.0, abs_tol: float = 0.0) -> str | None:
-    """Where `actual` first differs from `expected` in type or value (see expect_equal); None if nowhere."""
+def _first_difference(actual, expected, path: str, rel_tol: float = 0.0, abs_tol: float = 0.0):
+    """Where `actual` first differs from `expected` in type or value (see expect_equal), or None.
+
+    Returns (path, problem): the path to that part ("[2][(1, 2)]", empty for the whole value) and
+    what is wrong there; problem is None when the whole value differs and nothing more is to say.
+    """
     if type(actual) is not type(expected):
-        return f"{where} should be of type {type(expected).__name__}, got {type(actual).__name__}"
+        return path, f"should be of type {type(expected).__name__}, got {type(actual).__name__}"
     if isinstance(expected, (list, tuple)):
         if len(actual) != len(expected):
-            return f"{where} should have {len(expected)} items, got {len(actual)}"
+            return path, f"should have {len(expected)} item{'s' * (len(expected) != 1)}, got {len(actual)}"
         for index, (a, e) in enumerate(zip(actual, expected)):
-            difference = _first_difference(a, e, f"{where}[{index}]", rel_tol, abs_tol)
-            if difference is not None:
-                return difference
+            found = _first_difference(a, e, f"{path}[{index}]", rel_tol, abs_tol)
+            if found is not None:
+                return found
         return None
     if isinstance(expected, dict):
         own_key = {key: key for key in expected}  # the expected key equal to an actual one, to check its type
         for key in actual:
             if key not in own_key:
-                return f"{where} should not have the key {_shown(key)}"
-            difference = _first_difference(key, own_key[key], f"the key {_shown(key)} of {where}")
-            if difference is not None:
-                return difference
+                return path, f"should not have the key {_shown(key)}"
+            found = _first_difference(key, own_key[key], f"{path}<the key {_shown(key)}>")
+            if found is not None:
+                return found
         for key, value in expected.items():
             if key not in actual:
-                return f"{where} is missing the key {_shown(key)}"
-            difference = _first_difference(actual[key], value, f"{where}[{_shown(key)}]", rel_tol, abs_tol)
-            if difference is not None:
-                return difference
+                return path, f"is missing the key {_shown(key)}"
+            found = _first_difference(actual[key], value, f"{path}[{_shown(key)}]", rel_tol, abs_tol)
+            if found is not None:
+                return found
         return None
     if isinstance(expected, float):
         if math.isclose(actual, expected, rel_tol=rel_tol, abs_tol=abs_tol) or (math.isnan(actual)
                                                                                  and math.isnan(expected)):
             return None
-        return f"{where} should be {expected!r}, got {actual!r} (off by {abs(actual - expected):.3g})"
+        off = f"off by {abs(actual - expected):.3g}"
+        return path, (f"is {off}" if not path else f"should be {expected!r}, got {actual!r} ({off})")
     if not actual == expected:
-        return f"{where} should be {_shown(expected)}, got {_shown(actual)}"
+        return path, (None if not path else f"should be {_shown(expected)}, got {_shown(actual)}")
     return None
 
 

@@ -31,8 +31,10 @@ def test_notebook_structure(root, chapter):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
+@pytest.mark.parametrize("chapter", CHAPTERS[:1], ids=lambda c: c.assignment)
 def test_solutions_full_marks_and_blank_exercises_zero(root, chapter):
+    """Plain nbgrader agrees, on one chapter. Every chapter's contract (solution full marks, blank
+    zero) is proved through the course's own grader in tests/test_grading.py."""
     scores = nbgrader_tools.autograde(root, chapter, {
         "solution": chapter.solution_path(root),
         "blank": chapter.exercise_path(root),

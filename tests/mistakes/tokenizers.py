@@ -14,6 +14,19 @@ MISTAKES = [
             'return "".join(bytes([i]).decode("utf-8", errors="replace") for i in ids)'),
     Mistake("ex1-byte-tokenizer", "encode returns the bytes object itself, not a list of ints",
             'return list(text.encode("utf-8"))', 'return text.encode("utf-8")'),
+    Mistake("ex1-byte-tokenizer", "the text normalised (NFC) before encoding: decode(encode(s)) loses combining marks",
+            'return list(text.encode("utf-8"))',
+            'return list(__import__("unicodedata").normalize("NFC", text).encode("utf-8"))'),
+    Mistake("ex1-byte-tokenizer", "invalid bytes dropped (errors='ignore') instead of replaced by U+FFFD",
+            'return bytes(ids).decode("utf-8", errors="replace")',
+            'return bytes(ids).decode("utf-8", errors="ignore")'),
+    Mistake("ex1-byte-tokenizer", "ids outside 0..255 wrapped modulo 256 to silence bytes()'s error, not refused",
+            "        bad = [i for i in ids if not 0 <= i < 256]\n        if bad:\n"
+            "            raise ValueError(f\"byte ids must be in 0..255, got {bad[:5]}\")\n"
+            '        return bytes(ids).decode("utf-8", errors="replace")',
+            '        return bytes(i % 256 for i in ids).decode("utf-8", errors="replace")'),
+    Mistake("ex1-byte-tokenizer", "each id decoded as the character of that code point (Latin-1), not as UTF-8",
+            'return bytes(ids).decode("utf-8", errors="replace")', 'return "".join(chr(i) for i in ids)'),
     # ex2: get_pair_counts, merge
     Mistake("ex2-pairs-merge", "pairs counted once per chunk instead of per occurrence",
             "counts[pair] = counts.get(pair, 0) + 1", "counts[pair] = 1"),
@@ -31,6 +44,17 @@ MISTAKES = [
     Mistake("ex2-pairs-merge", "merge matches the pair in either order",
             "if i + 1 < n and ids[i] == first and ids[i + 1] == second:",
             "if i + 1 < n and {ids[i], ids[i + 1]} == {first, second}:"),
+    Mistake("ex2-pairs-merge", "the loop over positions stops one short: the last pair is never counted",
+            "    for pair in zip(ids, ids[1:]):\n        counts[pair] = counts.get(pair, 0) + 1\n",
+            "    for i in range(len(ids) - 2):\n        pair = (ids[i], ids[i + 1])\n"
+            "        counts[pair] = counts.get(pair, 0) + 1\n"),
+    Mistake("ex2-pairs-merge", "merge edits the list it was given in place and returns it",
+            "    out = []\n    i, n = 0, len(ids)\n    while i < n:\n"
+            "        if i + 1 < n and ids[i] == first and ids[i + 1] == second:\n"
+            "            out.append(new_id)\n            i += 2\n        else:\n"
+            "            out.append(ids[i])\n            i += 1\n    return out\n",
+            "    i = 0\n    while i < len(ids) - 1:\n        if ids[i] == first and ids[i + 1] == second:\n"
+            "            ids[i:i + 2] = [new_id]\n        i += 1\n    return ids\n"),
     # ex3: learn_merges
     Mistake("ex3-learn-merges", "a merge whose bytes are already a token gets a new id (duplicate tokens)",
             "        new_id = id_of.get(token)\n", "        new_id = None\n"),
@@ -45,6 +69,12 @@ MISTAKES = [
     Mistake("ex3-learn-merges", "the vocabulary passed in is modified", "    vocab = list(vocab)\n", ""),
     Mistake("ex3-learn-merges", "stops one merge early", "while len(vocab) < vocab_size and heap:",
             "while len(vocab) < vocab_size - 1 and heap:"),
+    Mistake("ex3-learn-merges", "no stop when no pair is left: the loop runs until the vocabulary is full",
+            "while len(vocab) < vocab_size and heap:", "while len(vocab) < vocab_size:"),
+    Mistake("ex3-learn-merges", "the left neighbour's old pair is not discounted after a merge",
+            "                        pair_counts[(left, first)] -= freq\n", ""),
+    Mistake("ex3-learn-merges", "the merged token's bytes joined in the wrong order",
+            "token = vocab[pair[0]] + vocab[pair[1]]", "token = vocab[pair[1]] + vocab[pair[0]]"),
     # ex4: bpe_encode_word
     Mistake("ex4-bpe-encode", "merges applied in the order of the pairs in the chunk, not by rank",
             "        best = min(pair_ranks)\n", "        best = next(r for r in pair_ranks if r != math.inf) "
@@ -61,6 +91,10 @@ MISTAKES = [
     Mistake("ex4-bpe-encode", "only one merge applied per chunk",
             "            pair_ranks[i] = ranks.get((ids[i], ids[i + 1]), math.inf)\n    return ids",
             "            pair_ranks[i] = ranks.get((ids[i], ids[i + 1]), math.inf)\n        break\n    return ids"),
+    Mistake("ex4-bpe-encode", "the new id looked up in ranks instead of merges (the two dicts confused)",
+            "ids[i:i + 2] = [merges[(ids[i], ids[i + 1])]]", "ids[i:i + 2] = [ranks[(ids[i], ids[i + 1])]]"),
+    Mistake("ex4-bpe-encode", "ids not copied: the caller's list changes, and the bytes BPETokenizer passes cannot",
+            "    ids = list(ids)\n    # The rank", "    # The rank"),
     # ex5: viterbi_segment
     Mistake("ex5-viterbi", "ties go to the later split (>= instead of >)",
             "if best[start] + score > best[end]:", "if best[start] + score >= best[end]:"),
@@ -76,6 +110,12 @@ MISTAKES = [
             "if best[start] + score > best[end]:\n                best[end] = best[start] + score",
             "if (best[start] or 1.0) * score > best[end]:\n                best[end] = (best[start] or 1.0) * score"),
     Mistake("ex5-viterbi", "the pieces returned in reverse order", "return pieces[::-1]", "return pieces"),
+    Mistake("ex5-viterbi", "unknown_score given but ignored: always recomputed from log_probs",
+            "    if unknown_score is None:\n        unknown_score = min(log_probs.values()) - UNK_PENALTY\n",
+            "    unknown_score = min(log_probs.values()) - UNK_PENALTY\n"),
+    Mistake("ex5-viterbi", "max_piece_len taken as exclusive: pieces of the longest length are never tried",
+            "for start in range(max(0, end - max_piece_len), end):",
+            "for start in range(max(0, end - max_piece_len + 1), end):"),
     # ex6: em_step
     Mistake("ex6-em-step", "expected counts without the word's count",
             "expected[word[i:j]] += count * math.exp(alpha[i] + lp + beta[j] - total)",
@@ -91,4 +131,10 @@ MISTAKES = [
     Mistake("ex6-em-step", "max instead of logsumexp in the forward pass (Viterbi scores, not sums)",
             "alpha[j] = logsumexp(alpha[i] + lp for i, lp in ending[j])",
             "alpha[j] = max((alpha[i] + lp for i, lp in ending[j]), default=-math.inf)"),
+    Mistake("ex6-em-step", "posteriors from the forward pass alone (beta left out)",
+            "expected[word[i:j]] += count * math.exp(alpha[i] + lp + beta[j] - total)",
+            "expected[word[i:j]] += count * math.exp(alpha[i] + lp - total)"),
+    Mistake("ex6-em-step", "pieces never used keep their old score instead of being dropped",
+            "new_log_probs = {piece: math.log(c) - norm for piece, c in expected.items() if c > 0}",
+            "new_log_probs = {**log_probs, **{piece: math.log(c) - norm for piece, c in expected.items() if c > 0}}"),
 ]

@@ -229,6 +229,20 @@ def exercise_of(notebook, index: int) -> str | None:
     return None
 
 
+def exercise_grade_ids(notebook, grade_id: str) -> list[str]:
+    """Every grade cell of the exercise whose first grade cell is `grade_id`: it and the grade cells
+    that follow it before the next solution cell (an exercise may give points per function)."""
+    ids, inside = [], False
+    for cell in notebook.cells:
+        meta = nbgrader_meta(cell)
+        if inside and meta.get("solution"):
+            break
+        if is_grade_cell(cell) and (inside or meta.get("grade_id") == grade_id):
+            inside = True
+            ids.append(meta.get("grade_id"))
+    return ids
+
+
 def module_aliases(notebook) -> set[str]:
     """Names bound to modules (or their members) by import statements anywhere in the notebook."""
     names = {"builtins", "__builtins__", "sys"}

@@ -10,6 +10,18 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class ExerciseTests:
+    """Package tests of a chapter that check one of its exercises (or its given code).
+
+    `check` shows each package test with its exercise, so a learner knows where to look.
+    """
+
+    exercise: int | None  # the exercise they check, as its heading numbers it; None: the chapter's given code
+    tests: tuple[str, ...]  # test functions in the chapter's test files
+    uses: tuple[int, ...] = ()  # other exercises whose code they run too (a failure may start there)
+
+
+@dataclass(frozen=True)
 class Chapter:
     """One nbgrader assignment: `solutions/<assignment>/<notebook>.ipynb`."""
 
@@ -20,11 +32,16 @@ class Chapter:
     modules: tuple[str, ...]  # package modules its `#| export` cells may write
     test_files: tuple[str, ...]  # tests/ files that check those modules
     given_modules: tuple[str, ...] = ()  # of `modules`, those written only by given (ungraded) cells
+    package_tests: tuple[ExerciseTests, ...] = ()  # every test function of test_files, by exercise
 
     @property
     def graded_modules(self) -> tuple[str, ...]:
         """The modules learners write: grading keeps the reference versions of these out of reach."""
         return tuple(m for m in self.modules if m not in self.given_modules)
+
+    def tests_of(self, test: str) -> ExerciseTests | None:
+        """The entry of `package_tests` that names the test function `test` (None if none does)."""
+        return next((group for group in self.package_tests if test in group.tests), None)
 
     def solution_path(self, root: Path) -> Path:
         return Path(root) / "solutions" / self.assignment / f"{self.notebook}.ipynb"
@@ -33,13 +50,86 @@ class Chapter:
         return Path(root) / "exercises" / self.assignment / f"{self.notebook}.ipynb"
 
 
+# Which exercise each package test checks. A test of code that is given in the notebook but
+# calls the learner's functions goes with the exercise that completes what it tests (the BPE
+# tokenizer is whole once exercise 4 is done), the others it runs under `uses`.
+TOKENIZER_TESTS = (
+    ExerciseTests(None, ("test_char_tokenizer_round_trip_and_unknown",
+                         "test_pretokenization_matches_tokenizers_on_every_code_point")),
+    ExerciseTests(1, ("test_byte_tokenizer_known_answers", "test_byte_tokenizer_round_trip")),
+    ExerciseTests(2, ("test_pair_counts_and_merge_known_answers", "test_pair_counts_and_merge_match_the_definitions")),
+    ExerciseTests(3, ("test_incremental_training_equals_the_definition",)),
+    ExerciseTests(3, ("test_learn_merges_aaabdaaabac",), uses=(4,)),
+    ExerciseTests(3, ("test_simple_training_loop_equals_learn_merges", "test_simple_training_loop_on_text",
+                      "test_simple_training_loop_reuses_the_id_of_known_bytes"), uses=(2,)),
+    ExerciseTests(4, ("test_bpe_round_trips_any_unicode", "test_bpe_round_trip_samples",
+                      "test_bpe_compresses_and_counts",
+                      "test_overlapping_special_tokens_split_alike_in_training_and_encoding",
+                      "test_duplicate_special_tokens_count_once", "test_special_tokens_must_be_non_empty_strings",
+                      "test_special_tokens_are_atomic", "test_training_is_deterministic_across_processes",
+                      "test_save_load_round_trip", "test_load_refuses_bad_files", "test_train_refuses_too_small_vocab",
+                      "test_exported_json_loads_in_tokenizers_with_same_ids",
+                      "test_exported_json_splits_overlapping_special_tokens_alike",
+                      "test_exported_json_same_ids_on_any_unicode", "test_same_merges_and_ids_as_tokenizers_trainer",
+                      "test_encode_cache_is_bounded"), uses=(3,)),
+    ExerciseTests(5, ("test_viterbi_is_the_best_split", "test_viterbi_unknown_characters",
+                      "test_viterbi_uses_the_longest_piece_and_unknown_score_it_is_given",
+                      "test_viterbi_matches_tokenizers_unigram")),
+    ExerciseTests(6, ("test_em_step_equals_enumeration", "test_em_never_decreases_likelihood",
+                      "test_em_step_visits_only_the_pieces_at_each_position")),
+    ExerciseTests(6, ("test_unigram_tokenizer_trains_and_round_trips",
+                      "test_unigram_encode_does_not_rescan_the_vocabulary_for_each_chunk",
+                      "test_unigram_tokenizer_follows_a_new_vocabulary"), uses=(5,)),
+)
+EMBEDDING_TESTS = (
+    ExerciseTests(1, ("test_embedding_is_one_hot_times_weight_and_matches_torch",
+                      "test_embedding_dtype_device_and_bad_ids", "test_embedding_rejects_ids_outside_the_table")),
+    ExerciseTests(2, ("test_cosine_matrix_matches_torch", "test_cosine_zero_vectors_and_scale",
+                      "test_normalize_rows_keeps_tiny_vectors_unit")),
+    ExerciseTests(3, ("test_top_k_neighbours_against_brute_force",), uses=(2,)),
+    ExerciseTests(4, ("test_mean_pool_ignores_padding",)),
+    ExerciseTests(4, ("test_minilm_recipe_reads_only_the_first_256_tokens",
+                      "test_mean_pool_reproduces_the_real_sentence_encoder"), uses=(2,)),
+    ExerciseTests(5, ("test_sinusoidal_known_values_and_properties",
+                      "test_sinusoidal_low_precision_is_the_float64_table_rounded",
+                      "test_sinusoidal_default_dtype_is_torchs_default",
+                      "test_sinusoidal_builds_its_float64_table_on_the_cpu")),
+)
+ATTENTION_TESTS = (
+    ExerciseTests(None, ("test_config_derives_fields_and_refuses_impossible_shapes",)),
+    ExerciseTests(None, ("test_eager_and_sdpa_agree",), uses=(1, 2, 3)),
+    ExerciseTests(1, ("test_the_module_does_not_use_library_attention",), uses=(2, 3, 4, 5)),
+    ExerciseTests(1, ("test_sdpa_matches_torch", "test_sdpa_any_shape_with_masks",
+                      "test_kv_cache_steps_equal_full_causal_attention"), uses=(2,)),
+    ExerciseTests(2, ("test_causal_mask_alignment_and_errors",), uses=(1,)),
+    ExerciseTests(4, ("test_multi_head_attention_matches_torch", "test_copying_torch_weights_checks_shapes",
+                      "test_grouped_query_attention_matches_llama", "test_grouped_query_attention_bf16_on_cuda",
+                      "test_attention_builds_each_projection_once_at_its_size", "test_gqa_variants_and_repeat_kv",
+                      "test_attention_layer_switches_implementation"), uses=(1, 2, 3)),
+    ExerciseTests(5, ("test_kv_cache_bytes_known_sizes",)),
+)
+TRANSFORMER_TESTS = (
+    ExerciseTests(1, ("test_rmsnorm_matches_torch_and_llama",)),
+    ExerciseTests(2, ("test_swiglu_and_feedforward_match_formulas",)),
+    ExerciseTests(3, ("test_rope_matches_llama", "test_rope_scores_depend_only_on_the_offset",
+                      "test_rope_preserves_norms_and_checks_shapes")),
+    ExerciseTests(4, ("test_decoder_block_matches_llama_decoder_layer", "test_a_stack_of_blocks_is_a_llama_model",
+                      "test_decoder_block_bf16_on_cuda", "test_one_forward_signature_for_every_attention",
+                      "test_decoder_block_sdpa_equals_eager"), uses=(1, 2, 3)),
+    ExerciseTests(4, ("test_blocks_take_one_config",), uses=(1, 2, 3, 5, 6)),
+    ExerciseTests(5, ("test_encoder_block_matches_torch",)),
+    ExerciseTests(6, ("test_cross_attention_decoder_block_matches_torch",)),
+)
+
 CHAPTERS: tuple[Chapter, ...] = (
-    Chapter(1, "01-tokenizers", "tokenizers", "Tokenizers", ("tokenizer",), ("test_tokenizer.py",)),
-    Chapter(2, "02-embeddings", "embeddings", "Embeddings", ("embeddings",), ("test_embeddings.py",)),
+    Chapter(1, "01-tokenizers", "tokenizers", "Tokenizers", ("tokenizer",), ("test_tokenizer.py",),
+            package_tests=TOKENIZER_TESTS),
+    Chapter(2, "02-embeddings", "embeddings", "Embeddings", ("embeddings",), ("test_embeddings.py",),
+            package_tests=EMBEDDING_TESTS),
     Chapter(3, "03-attention", "attention", "Attention", ("config", "attention"), ("test_attention.py",),
-            given_modules=("config",)),
+            given_modules=("config",), package_tests=ATTENTION_TESTS),
     Chapter(4, "04-transformer", "transformer", "The Transformer block and RoPE", ("transformer",),
-            ("test_transformer.py",)),
+            ("test_transformer.py",), package_tests=TRANSFORMER_TESTS),
 )
 
 

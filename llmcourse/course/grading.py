@@ -37,13 +37,16 @@ import nbformat
 
 from .chapters import Chapter
 from .nbgrader_tools import nbgrader
+from .places import describe_cell, section_of_each_cell
 from .runner import Limits, error_output, execute
 from .submission import (
     Finding,
     UnreadableSubmission,
+    cell_key,
     exercise_of,
     is_grade_cell,
     load_submission,
+    match_cells,
     nbgrader_meta,
     rebuild,
 )
@@ -52,6 +55,8 @@ PARSE_LOCK = threading.Lock()
 GRADING_DIR = "grading"  # the batch grader's working folder (git-ignored)
 MESSAGE_LINES = 3
 MAX_ZIP_BYTES = 512 * 2**20
+POSITION_KEY = "llmcourse_position"
+"""Metadata each submitted cell carries through the rebuild: its number in the learner's notebook."""
 
 
 @dataclass
@@ -134,8 +139,33 @@ def zero_results(source_nb, message: str) -> list[ExerciseResult]:
             for c in source_nb.cells if is_grade_cell(c)]
 
 
-def explain_failures(notebook, result: SubmissionResult) -> None:
-    """Say which of the learner's own cells raised, next to the exercise that failed because of it."""
+def stamp_positions(submitted) -> None:
+    """Mark each submitted cell with its number as Jupyter shows it (1-based, markdown included)."""
+    for position, cell in enumerate(submitted.cells, start=1):
+        cell.setdefault("metadata", {})[POSITION_KEY] = position
+
+
+def learner_positions(source_nb, submitted, rebuilt) -> list[int | None]:
+    """For each cell of the rebuilt notebook, its number in the learner's notebook (stamp_positions),
+    or None for a cell the rebuild put back; the stamps are removed.
+
+    The learner's own cells keep their stamp through the rebuild; the cells it takes from the
+    instructor's notebook are found by the key it matched them with.
+    """
+    matched, _, _ = match_cells(source_nb, submitted)
+    by_key = {key: index + 1 for key, index in matched.items()}
+    positions = []
+    for cell in rebuilt.cells:
+        stamp = cell.get("metadata", {}).pop(POSITION_KEY, None)
+        positions.append(stamp if isinstance(stamp, int) else by_key.get(cell_key(cell)))
+    return positions
+
+
+def explain_failures(notebook, result: SubmissionResult, where) -> None:
+    """Say which of the learner's own cells raised, next to the exercise that failed because of it.
+
+    `where(index)` names the cell at `index` of the rebuilt notebook as the learner knows it.
+    """
     raised: dict[str, list[str]] = {}
     for index, cell in enumerate(notebook.cells):
         meta = nbgrader_meta(cell)
@@ -144,9 +174,9 @@ def explain_failures(notebook, result: SubmissionResult) -> None:
         for output in cell.get("outputs", []):
             if output.output_type == "error" and output.ename not in {"NotImplementedError", "NotRun"}:
                 exercise = exercise_of(notebook, index)
-                line = f"{output.ename}: {output.evalue}".splitlines()[0][:200]
-                raised.setdefault(exercise, []).append(f"cell {index} raised {line}")
-                result.findings.append(Finding("error", f"cell {index} raised {line}", review=False, exercise=exercise))
+                line = f"{where(index)} raised {output.ename}: {output.evalue}".splitlines()[0][:300]
+                raised.setdefault(exercise, []).append(line)
+                result.findings.append(Finding("error", line, review=False, exercise=exercise))
                 break
     for exercise in result.exercises:
         if not exercise.passed and exercise.grade_id in raised:
@@ -171,8 +201,15 @@ def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limi
         result.findings.append(unreadable.finding)
         result.exercises = zero_results(source_nb, unreadable.finding.message)
         return result
+    stamp_positions(submitted)
     with PARSE_LOCK:  # CPython's ast module is not safe to use from several threads at once
         notebook, findings = rebuild(source_nb, release_nb, submitted, own_modules=chapter.graded_modules)
+        positions = learner_positions(source_nb, submitted, notebook)
+    sections = section_of_each_cell(notebook)
+
+    def where(index: int) -> str:
+        return describe_cell(positions[index], sections[index])
+
     result.findings += findings
     with tempfile.TemporaryDirectory(prefix="llmcourse-run-") as workdir:
         events = execute(notebook, Path(workdir), limits, protected_paths(root, chapter),
@@ -182,16 +219,16 @@ def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limi
         if event.kind == "integrity" and "was not run because" in event.message:
             continue  # a cell the rebuild already replaced; its finding is recorded
         if event.kind == "integrity":
-            result.findings.append(Finding("integrity", f"cell {event.index}: {event.message}", exercise=exercise))
+            result.findings.append(Finding("integrity", f"{where(event.index)}: {event.message}", exercise=exercise))
         elif event.kind == "truncated":
-            result.findings.append(Finding("output", f"cell {event.index}: {event.message}", review=False))
+            result.findings.append(Finding("output", f"{where(event.index)}: {event.message}", review=False))
         elif event.kind in {"timeout", "died"}:
-            result.findings.append(Finding(event.kind, f"cell {event.index}: {event.message}", exercise=exercise))
+            result.findings.append(Finding(event.kind, f"{where(event.index)}: {event.message}", exercise=exercise))
     for finding in result.findings:
         if finding.kind == "integrity" and finding.exercise:
             fail_exercise(notebook, finding.exercise, finding.message)
     result.exercises = score_notebook(notebook)
-    explain_failures(notebook, result)
+    explain_failures(notebook, result, where)
     result.executed = notebook
     return result
 

@@ -222,7 +222,8 @@ def print_progress(root: Path, shown, command: str, out=print) -> None:
         record = load_check(root, chapter)
         if record is None:
             out(f"  {name:<34} {'-':>9}  {'-':<14} not yet")
-            notes.append(f"{chapter.number}: {command} check {shown(chapter.exercise_path(root))}")
+            notes.append(f"chapter {chapter.number}: not checked yet; "
+                         f"{command} check {shown(chapter.exercise_path(root))}")
             continue
         exercises = [Exercise(e["title"], e["score"], e["max_score"]) for e in record["exercises"]]
         score, max_score = sum(e.score for e in exercises), sum(e.max_score for e in exercises)
@@ -233,9 +234,9 @@ def print_progress(root: Path, shown, command: str, out=print) -> None:
         out(f"  {name:<34} {f'{score:g} / {max_score:g}':>9}  {tests:<14} {checked:<17} {each}")
         state = check_state(record)
         if state:
-            notes.append(f"{chapter.number}: {state}; {command} check {shown(Path(record['notebook']))}")
+            notes.append(f"chapter {chapter.number}: {state}; {command} check {shown(Path(record['notebook']))}")
         elif Path(record["notebook"]) != chapter.exercise_path(root).resolve():
-            notes.append(f"{chapter.number}: checked {shown(Path(record['notebook']))}")
+            notes.append(f"chapter {chapter.number}: the notebook checked was {shown(Path(record['notebook']))}")
     if notes:
         out("")
         for note in notes:

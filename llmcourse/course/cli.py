@@ -187,8 +187,9 @@ def lab_command(args, root: Path) -> tuple[list[str], Path, dict[str, str]]:
     """JupyterLab of this environment in exercises/: (command, folder, environment variables set)."""
     bin_dir = str(Path(sys.executable).parent)
     kernels = str(Path(sys.prefix) / "share" / "jupyter")  # this environment's "Python 3" kernel first
+    path = os.environ.get("PATH", "")
     changed = {
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "PATH": path if path.split(os.pathsep)[0] == bin_dir else os.pathsep.join([bin_dir, path]),
         "JUPYTER_PATH": os.pathsep.join(p for p in [kernels, os.environ.get("JUPYTER_PATH", "")] if p),
     }
     return [sys.executable, "-m", "jupyterlab", *args.extra], root / "exercises", changed

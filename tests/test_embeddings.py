@@ -247,3 +247,34 @@ def test_normalize_rows_keeps_tiny_vectors_unit(dtype):
         v = torch.tensor([[3.0, 4.0], [0.0, -1.0]], dtype=dtype) * scale
         expect_tensor(E.normalize_rows(v), F.normalize(v, dim=-1), f"normalize_rows of vectors of norm {5 * scale:g}")
     expect_tensor(E.normalize_rows(torch.zeros(2, 3, dtype=dtype)), torch.zeros(2, 3, dtype=dtype), "the zero vector")
+
+
+def test_embedding_reads_int32_ids_refuses_mask_dtypes_and_starts_standard_normal():
+    torch.manual_seed(12)
+    table = E.Embedding(1000, 64)
+    ids = torch.tensor([3, 999, 0])
+    expect_tensor(table(ids.int()), table(ids), "int32 ids read the same rows as int64 ids")
+    for dtype in (torch.uint8, torch.bool, torch.float32):
+        with pytest.raises(TypeError):
+            table(torch.tensor([1, 0, 1]).to(dtype))
+    weight = table.weight.detach()
+    assert abs(weight.mean().item()) < 0.02 and abs(weight.std().item() - 1) < 0.02, \
+        f"a new table is N(0, 1) like nn.Embedding's: mean {weight.mean().item():.3f}, std {weight.std().item():.3f}"
+
+
+def test_eps_and_base_arguments_are_used():
+    v = torch.tensor([[3e-4, 4e-4]], dtype=torch.float64)  # norm 5e-4
+    expect_tensor(E.normalize_rows(v, eps=1e-3), v / 1e-3, "normalize_rows with eps above the norm")
+    expect_tensor(E.cosine_similarity_matrix(v, v, eps=1e-3), (v / 1e-3) @ (v / 1e-3).T, "cosine with a large eps")
+    table = E.sinusoidal_position_encoding(6, 4, base=100.0, dtype=torch.float64)
+    p, i = torch.arange(6.0, dtype=torch.float64)[:, None], torch.arange(2, dtype=torch.float64)
+    expect_tensor(table[:, 0::2], torch.sin(p / 100.0 ** (2 * i / 4)), "the sines with base=100", atol=1e-12, rtol=0)
+
+
+def test_top_k_accepts_every_key_and_mean_pool_keeps_low_precision():
+    keys = torch.randn(7, 5, generator=torch.Generator().manual_seed(13))
+    scores, indices = E.top_k_neighbours(keys[0], keys, 7)
+    assert sorted(indices.tolist()) == list(range(7)), "k equal to the number of keys returns every key"
+    for dtype in (torch.bfloat16, torch.float16):
+        pooled = E.mean_pool(torch.randn(2, 3, 4).to(dtype), torch.tensor([[1, 1, 0], [1, 0, 0]]))
+        assert pooled.dtype == dtype, f"mean_pool of {dtype} states should stay {dtype}, got {pooled.dtype}"

@@ -83,10 +83,13 @@ TOKENIZER_TESTS = (
 )
 EMBEDDING_TESTS = (
     ExerciseTests(1, ("test_embedding_is_one_hot_times_weight_and_matches_torch",
-                      "test_embedding_dtype_device_and_bad_ids", "test_embedding_rejects_ids_outside_the_table")),
+                      "test_embedding_dtype_device_and_bad_ids", "test_embedding_rejects_ids_outside_the_table",
+                      "test_embedding_reads_int32_ids_refuses_mask_dtypes_and_starts_standard_normal")),
     ExerciseTests(2, ("test_cosine_matrix_matches_torch", "test_cosine_zero_vectors_and_scale",
                       "test_normalize_rows_keeps_tiny_vectors_unit")),
+    ExerciseTests(2, ("test_eps_and_base_arguments_are_used",), uses=(5,)),
     ExerciseTests(3, ("test_top_k_neighbours_against_brute_force",), uses=(2,)),
+    ExerciseTests(3, ("test_top_k_accepts_every_key_and_mean_pool_keeps_low_precision",), uses=(2, 4)),
     ExerciseTests(4, ("test_mean_pool_ignores_padding",)),
     ExerciseTests(4, ("test_minilm_recipe_reads_only_the_first_256_tokens",
                       "test_mean_pool_reproduces_the_real_sentence_encoder"), uses=(2,)),

@@ -92,7 +92,8 @@ def course(*args, cwd, **env):
     """The `course` script in this test's environment (installing nothing), run in `cwd`."""
     script = Path(__file__).resolve().parents[1] / "course"
     environment = dict(os.environ, LLMCOURSE_NO_SETUP="1", LLMCOURSE_VENV=sys.prefix, **env)
-    environment.setdefault("LLMCOURSE_CHECK_RESULTS", str(Path(tempfile.mkdtemp(prefix="llmcourse-results-"))))
+    # a check run here never touches the learner's own progress (_build/check/)
+    environment.setdefault("LLMCOURSE_CHECK_RESULTS", str(Path(tempfile.gettempdir()) / "llmcourse-test-checks"))
     environment.pop("LLMCOURSE_CWD", None)
     return subprocess.run(["bash", str(script), *args], cwd=cwd, env=environment, capture_output=True, text=True)
 
@@ -361,7 +362,8 @@ def test_check_and_export_number_a_cell_alike(root, tmp_path):
     where = f"cell {number} (Exercise 1 — a byte tokenizer)"
     export = course("export", notebook.name, "--out", "mine", cwd=notebook.parent)
     assert export.returncode == 2 and f", {where}, line" in export.stderr, export.stderr
-    check = course("check", notebook.name, "--no-package", cwd=notebook.parent)
+    check = course("check", notebook.name, "--no-package", cwd=notebook.parent,
+                   LLMCOURSE_CHECK_RESULTS=str(tmp_path / "results"))
     assert f"{where} raised ValueError: a stray line" in check.stdout, check.stdout
     assert cli.CWD_ENV not in check.stdout
 

@@ -2,7 +2,11 @@
 reference passes. The catalogues are tests/mistakes/<notebook>.py; see llmcourse/course/mistakes.py."""
 from __future__ import annotations
 
+import ast
+import json
 import runpy
+import subprocess
+import sys
 from collections import Counter
 
 import nbformat
@@ -73,6 +77,32 @@ def test_visible_tests_catch_most_mistakes(root, chapter):
     assert rate >= VISIBLE_KILL_RATE["chapter"] and not weak, (
         f"the visible tests catch {rate:.0%} of the catalogue (at least {VISIBLE_KILL_RATE['chapter']:.0%} wanted); "
         f"exercises below {VISIBLE_KILL_RATE['exercise']:.0%}: {weak}; missed: {missed}")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
+def test_grade_cells_reach_every_line_of_the_reference(root, chapter):
+    """Every statement of the reference solutions runs while the grade cells run: a branch no test
+    reaches is a branch a wrong solution can get wrong unseen."""
+    script = ("import json, sys; from pathlib import Path; "
+              "from llmcourse.course.mistakes import uncovered_solution_lines as u; "
+              "print(json.dumps(u(Path(sys.argv[1]))))")
+    result = subprocess.run([sys.executable, "-c", script, str(chapter.solution_path(root))], cwd=root,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    uncovered = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not uncovered, "reference lines no grade cell executes (add a test that reaches them):\n" + "\n".join(
+        f"  {cell}, line {line}: {code}" for cell, lines in uncovered.items() for line, code in lines)
+
+
+def test_grade_cells_have_no_bare_asserts(root):
+    """Every assert in a grade cell says what was expected and what came back."""
+    bare = []
+    for chapter in CHAPTERS:
+        for cell in code_cells(chapter.solution_path(root)):
+            if cell.is_grade:
+                asserts = [n for n in ast.walk(ast.parse(cell.source)) if isinstance(n, ast.Assert)]
+                bare += [f"{chapter.assignment} {cell.id}: {ast.unparse(n)[:80]}" for n in asserts if n.msg is None]
+    assert not bare, "asserts without a message:\n" + "\n".join(bare)
 
 
 def test_the_runner_reports_a_mistake_its_tests_miss(root, tmp_path):

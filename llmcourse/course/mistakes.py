@@ -16,6 +16,7 @@ so a mistake costs little more than its exercise's tests.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -239,3 +240,56 @@ def package_kills(root: Path, chapter, catalogue_path: Path, timeout: float = 30
                 failed, last = True, f"timed out after {timeout:g} s"
             results.append((index, failed, last))
     return results
+
+
+SOLUTION_REGION = re.compile(r"^[ \t]*### BEGIN SOLUTION.*?^[ \t]*### END SOLUTION", re.M | re.S)
+
+
+def solution_statements(source: str) -> dict[int, str]:
+    """{line: code} of every statement inside the cell's solution regions."""
+    regions = [(source.count("\n", 0, m.start()) + 1, source.count("\n", 0, m.end()) + 1)
+               for m in SOLUTION_REGION.finditer(source)]
+    lines = source.split("\n")
+    found = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.stmt) and any(first < node.lineno < last for first, last in regions):
+            found[node.lineno] = lines[node.lineno - 1].strip()
+    return found
+
+
+def uncovered_solution_lines(notebook_path: Path) -> dict[str, list[tuple[int, str]]]:
+    """The statements of the reference solutions that no grade cell executes: branches the tests
+    never reach, where a wrong solution would pass unseen. {solution cell id: [(line, code)]}."""
+    cells = code_cells(notebook_path)
+    executed: set[tuple[str, int]] = set()
+
+    def tracer(frame, event, arg):
+        name = frame.f_code.co_filename
+        if not name.startswith("<cell "):
+            return None
+
+        def local(frame, event, arg):
+            if event == "line":
+                executed.add((name[6:-1], frame.f_lineno))
+            return local
+        return local(frame, event, arg)
+
+    namespace = {"__name__": "__main__"}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        for cell in cells:
+            code = compile(cell.source, f"<cell {cell.id}>", "exec")
+            if cell.is_grade:
+                sys.settrace(tracer)
+            try:
+                exec(code, namespace)
+            finally:
+                sys.settrace(None)
+    uncovered = {}
+    for cell in cells:
+        if cell.is_solution:
+            missing = [(line, code) for line, code in sorted(solution_statements(cell.source).items())
+                       if (cell.id, line) not in executed]
+            if missing:
+                uncovered[cell.id] = missing
+    return uncovered

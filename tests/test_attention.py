@@ -321,3 +321,21 @@ def test_kv_cache_bytes_known_sizes():
     for bad in (dict(seq_len=0), dict(head_dim=2.0), dict(n_layers=True)):
         with pytest.raises(ValueError):
             A.kv_cache_bytes(**(dict(n_layers=1, n_kv_heads=1, head_dim=1, seq_len=1) | bad))
+
+
+def test_scale_zero_dtype_head_dim_and_kv_cache_contract():
+    torch.manual_seed(14)
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 5)
+    with attention_tripwires():
+        got = A.scaled_dot_product_attention(q, k, v, scale=0.0)
+    expect_tensor(got, F.scaled_dot_product_attention(q, k, v, scale=0.0), "scale=0.0: uniform weights")
+    for dtype in (torch.float16, torch.bfloat16):
+        weights = A.attention_weights(q.to(dtype), k.to(dtype))
+        assert weights.dtype == dtype, f"attention weights of {dtype} queries should be {dtype}, got {weights.dtype}"
+    layer = A.Attention(config(48, 4, n_kv_heads=2, head_dim=16))
+    assert (layer.n_heads, layer.n_kv_heads, layer.head_dim) == (4, 2, 16), "the layer reads its shape from the config"
+    size = A.kv_cache_bytes(32, 8, 128, 8192)
+    assert type(size) is int and size == 2**30, f"kv_cache_bytes should be the int 2**30, got {size!r}"
+    for name in ("n_layers", "seq_len", "bytes_per_element"):
+        with pytest.raises(ValueError, match=name):
+            A.kv_cache_bytes(**{"n_layers": 1, "n_kv_heads": 1, "head_dim": 1, "seq_len": 1, name: 0})

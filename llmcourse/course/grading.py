@@ -6,7 +6,9 @@ One submission goes through four steps, each of which survives bad input:
 2. rebuild it on the instructor's notebook (submission.rebuild: restored grade cells, the
    released order, tampering cells not run);
 3. execute it in the sandbox kernel in a scratch folder of its own (runner.execute: time,
-   memory, output and process limits; a crash stops the notebook there, and only there);
+   memory, output and process limits; a crash stops the notebook there, and only there),
+   isolated from the system by bubblewrap (isolation.py) when it is available: a class is
+   graded only isolated, unless the instructor turns isolation off explicitly;
 4. score every grade cell as nbgrader does (an error or stderr output is zero), after turning
    each integrity finding into an error in the grade cell of the exercise it concerns.
 
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import nbformat
 
+from . import isolation
 from .chapters import Chapter
 from .nbgrader_tools import nbgrader
 from .places import describe_cell, section_of_each_cell
@@ -78,6 +81,7 @@ class SubmissionResult:
     exercises: list[ExerciseResult] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     executed: object = None  # the executed notebook, when there was one to execute
+    isolation: str = ""  # how its kernel ran (isolation.describe)
 
     @property
     def score(self) -> float:
@@ -195,6 +199,10 @@ def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limi
     """Read, rebuild, execute and score one submission; never raises for anything in the file."""
     source_nb, release_nb = sources(root, chapter)
     result = SubmissionResult(student, chapter, findings=list(extra_findings))
+    isolated = isolation.use_isolation(limits.isolation)  # raises when required and not available
+    result.isolation = isolation.describe(isolated, limits.isolation)
+    if not isolated:
+        result.findings.append(Finding("unisolated", f"this notebook ran {result.isolation}", review=False))
     try:
         submitted = load_submission(path, f"{chapter.notebook}.ipynb")
     except UnreadableSubmission as unreadable:
@@ -213,7 +221,7 @@ def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limi
     result.findings += findings
     with tempfile.TemporaryDirectory(prefix="llmcourse-run-") as workdir:
         events = execute(notebook, Path(workdir), limits, protected_paths(root, chapter),
-                         blocked_modules=[f"llmcourse.{m}" for m in chapter.graded_modules])
+                         blocked_modules=[f"llmcourse.{m}" for m in chapter.graded_modules], isolated=isolated)
     for event in events:
         exercise = exercise_of(notebook, event.index)
         if event.kind == "integrity" and "was not run because" in event.message:
@@ -437,6 +445,7 @@ class ClassReport:
     recorded: dict[str, float | None]
     summary_path: Path
     log: str = ""
+    isolation: str = ""  # how the kernels ran (isolation.describe)
 
     def review(self) -> list[tuple[str, str]]:
         items = [(r.student, message) for r in self.results for message in r.needs_review]
@@ -455,6 +464,9 @@ def grade_class(root: Path, chapter: Chapter, submissions: Path, limits: Limits,
         raise FileNotFoundError(f"{submissions} is not a folder; give the folder that holds one folder (or zip "
                                 "file) per student")
     work = root / GRADING_DIR / chapter.assignment
+    if limits.isolation == isolation.AUTO:  # a class is graded isolated, or unisolated only when asked
+        limits = dataclasses.replace(limits, isolation=isolation.REQUIRED)
+    isolated = isolation.use_isolation(limits.isolation)  # refuse before touching anything
     if limits.threads is None:  # share the cores between the kernels running at once
         limits = dataclasses.replace(limits, threads=max(1, (os.cpu_count() or 1) // max(1, jobs)))
     with exclusive(root / GRADING_DIR / ".lock"):
@@ -509,7 +521,8 @@ def grade_class(root: Path, chapter: Chapter, submissions: Path, limits: Limits,
         exported = nbgrader(["export", f"--to={work / 'grades.csv'}"], cwd=root)  # every chapter, every student
         log += exported.stdout + exported.stderr
         recorded = gradebook_scores(root, chapter, [r.student for r in results])
-        report = ClassReport(chapter, results, recorded, work / "summary.csv", log)
+        report = ClassReport(chapter, results, recorded, work / "summary.csv", log,
+                             isolation.describe(isolated, limits.isolation))
         write_summary(report)
         return report
 
@@ -527,7 +540,7 @@ def write_summary(report: ClassReport) -> None:
 
 
 def print_report(report: ClassReport, out=print) -> None:
-    out(f"\n{report.chapter.assignment}: {len(report.results)} submission(s)")
+    out(f"\n{report.chapter.assignment}: {len(report.results)} submission(s), {report.isolation}")
     out(f"  {'student':<24} {'score':>11}")
     for r in report.results:
         out(f"  {r.student:<24} {r.score:>5g} / {r.max_score:<4g}")
@@ -547,5 +560,7 @@ def limits_from_args(args) -> Limits:
         limits.cell_timeout = float(args.timeout)
     if getattr(args, "memory_gb", None):
         limits.memory_bytes = int(float(args.memory_gb) * 2**30)
+    if getattr(args, "unisolated", False) or os.environ.get(isolation.UNISOLATED_ENV) == "1":
+        limits.isolation = isolation.OFF
     return limits
 

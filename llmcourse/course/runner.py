@@ -1,5 +1,10 @@
 """Execute a notebook in the sandbox kernel, cell by cell, and survive whatever it does.
 
+The kernel runs isolated by bubblewrap (isolation.py: its own namespaces, only what it needs
+bound read-only, private working folder, HOME and /tmp, no network) unless isolation is off,
+and inside it the sandbox (sandbox.py: limits, audit hook, tamper watch). It is shut down as
+soon as its notebook is done, and its folders, connection file and key included, are removed.
+
 Per cell: a time limit (the kernel is interrupted; if it does not answer, it is killed), an
 output budget (extra output is dropped, errors never are), and a record of what happened.
 If the kernel dies (os._exit, a segfault, the memory limit), the cell that was running gets an
@@ -10,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,12 +24,18 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+from . import isolation
+from .isolation import PrivateFolders
 from .sandbox import INTEGRITY_MARKER, POLICY_ENV, REFUSED
 
 KERNEL_NAME = "llmcourse-sandbox"
 GIB = 2**30
 PROBE_TIMEOUT = 10.0
 """Seconds an interrupted kernel has to answer before it is declared stuck and killed."""
+SHUTDOWN_WAIT = 2.0
+"""Seconds a finished kernel has to exit when asked before it is killed."""
+SIGNAL_EXIT = 128
+"""bubblewrap exits with 128 + N when the kernel is killed by signal N (a shell's convention)."""
 
 
 @dataclass
@@ -40,6 +49,7 @@ class Limits:
     processes: int | None = None  # RLIMIT_NPROC; counts all of the user's processes, ignored for root
     allow_network: bool = False
     threads: int | None = None  # math-library threads per kernel (parallel grading: cores / jobs)
+    isolation: str = isolation.AUTO  # AUTO: bubblewrap when it works; REQUIRED: or refuse; OFF: never
 
     def environment(self) -> dict[str, str]:
         """Variables for the kernel: bounded threads and malloc arenas keep memory use predictable."""
@@ -77,9 +87,11 @@ def error_output(ename: str, message: str) -> nbformat.NotebookNode:
 class LimitedClient(NotebookClient):
     """nbclient with a per-cell output budget and a record of timeouts."""
 
-    def __init__(self, *args, output_bytes: int, **kwargs):
+    def __init__(self, *args, output_bytes: int, isolated: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.output_bytes = output_bytes
+        self.isolated = isolated
+        self.kernel_stopped = False  # shut down already (a kernel that ignored an interrupt)
         self.used: dict[int, int] = {}
         self.dropped: dict[int, int] = {}
         self.timed_out: set[int] = set()
@@ -99,42 +111,64 @@ class LimitedClient(NotebookClient):
         return await super()._async_handle_timeout(timeout, cell)
 
 
-def kernel_spec_dir(policy: dict, environment: dict[str, str]) -> Path:
-    """A folder holding the sandbox kernel's spec, with the policy in its environment."""
-    folder = Path(tempfile.mkdtemp(prefix="llmcourse-kernel-"))
-    spec = folder / "kernels" / KERNEL_NAME
+def kernel_spec_dir(folders: PrivateFolders, policy: dict, environment: dict[str, str], isolated: bool,
+                    blocked_modules=(), secrets=()) -> Path:
+    """A folder holding the sandbox kernel's spec: bwrap around the kernel when isolated."""
+    spec = folders.base / "spec" / "kernels" / KERNEL_NAME
     spec.mkdir(parents=True)
+    kernel = [sys.executable, "-m", "llmcourse.course.sandbox", "-f", "{connection_file}"]
+    variables = {POLICY_ENV: json.dumps(policy), **environment}
+    if isolated:
+        argv = isolation.bwrap_command(folders, kernel, variables, blocked_modules, secrets,
+                                       allow_network=bool(policy.get("allow_network")))
+    else:  # the grader's HOME and /tmp stay out of reach of start-up files at least
+        argv, variables = kernel, {**variables, "HOME": str(folders.home), "TMPDIR": str(folders.tmp)}
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "llmcourse.course.sandbox", "-f", "{connection_file}"],
-        "display_name": "llmcourse grading sandbox", "language": "python",
-        "env": {POLICY_ENV: json.dumps(policy), **environment},
+        "argv": argv, "display_name": "llmcourse grading sandbox", "language": "python",
+        "env": {} if isolated else variables,  # isolated: bwrap clears the environment and sets these itself
+        # a signal to bwrap does not reach the kernel in its own session: ask the kernel to interrupt itself
+        "interrupt_mode": "message" if isolated else "signal",
     }), encoding="utf-8")
-    return folder
+    return folders.base / "spec"
 
 
-def execute(notebook, workdir: Path, limits: Limits, protected_paths=(), blocked_modules=()) -> list[CellEvent]:
-    """Run every code cell of `notebook` (in place) in the sandbox kernel, with cwd `workdir`."""
+def execute(notebook, workdir: Path, limits: Limits, protected_paths=(), blocked_modules=(),
+            isolated: bool = False) -> list[CellEvent]:
+    """Run every code cell of `notebook` (in place) in the sandbox kernel, with cwd `workdir`.
+
+    `isolated`: inside bubblewrap (`protected_paths` and the `blocked_modules` sources must then
+    be out of its view, or it refuses to start).
+    """
     from jupyter_client import AsyncKernelManager
     from jupyter_client.kernelspec import KernelSpecManager
 
     code_cells = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
     policy = limits.policy(len(code_cells), protected_paths, blocked_modules)
-    spec_dir = kernel_spec_dir(policy, limits.environment())
     events: list[CellEvent] = []
+    folders = PrivateFolders.create(work=workdir)
     try:
+        spec_dir = kernel_spec_dir(folders, policy, limits.environment(), isolated, blocked_modules,
+                                   protected_paths)
         specs = KernelSpecManager(kernel_dirs=[str(spec_dir / "kernels")])
-        manager = AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=specs)
+        # the connection file (with the kernel's key) and, isolated, the sockets: in the kernel's own folder
+        manager = AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=specs,
+                                     connection_file=str(folders.run / "kernel.json"),
+                                     transport="ipc" if isolated else "tcp", shutdown_wait_time=SHUTDOWN_WAIT)
+        if isolated:
+            manager.ip = folders.sockets
         client = LimitedClient(notebook, km=manager, kernel_name=KERNEL_NAME, timeout=limits.cell_timeout,
                                allow_errors=True, interrupt_on_timeout=True, record_timing=False,
                                error_on_timeout={"ename": "CellTimeoutError", "evalue": "", "traceback": []},
-                               output_bytes=limits.output_bytes, resources={"metadata": {"path": str(workdir)}})
-        asyncio.run(_run(client, notebook, code_cells, limits, events))
+                               output_bytes=limits.output_bytes, resources={"metadata": {"path": str(workdir)}},
+                               isolated=isolated)
+        asyncio.run(_run(client, manager, notebook, code_cells, limits, events))
     finally:
-        shutil.rmtree(spec_dir, ignore_errors=True)
+        folders.remove()
     return events
 
 
-async def _run(client: LimitedClient, notebook, code_cells, limits: Limits, events: list[CellEvent]) -> None:
+async def _run(client: LimitedClient, manager, notebook, code_cells, limits: Limits,
+               events: list[CellEvent]) -> None:
     done: list[int] = []  # the code cells whose run is over
     try:
         async with client.async_setup_kernel(stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL):
@@ -146,6 +180,28 @@ async def _run(client: LimitedClient, notebook, code_cells, limits: Limits, even
             if index not in done:
                 notebook.cells[index].outputs = [error_output("NotRun", f"not run: {reason}")]
                 events.append(CellEvent(index, "not-run" if done else "died", reason))
+    finally:
+        await stop_kernel(client, manager)
+
+
+async def stop_kernel(client: LimitedClient, manager) -> None:
+    """Shut the kernel down as soon as its notebook is done (memory stays bounded by the jobs running),
+    and remove its connection file and sockets."""
+    try:
+        if manager.has_kernel and not client.kernel_stopped:
+            alive = await manager.is_alive()
+            await manager.shutdown_kernel(now=not alive)  # a finished kernel exits; a dead one is cleaned up
+            client.kernel_stopped = True
+    finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
+            client.kc = None
+        if not client.kernel_stopped:  # shutting down failed: kill the process (and with bwrap, its namespace)
+            process = getattr(manager.provisioner, "process", None)
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+            await manager.cleanup_resources()
 
 
 async def _run_cells(client: LimitedClient, notebook, code_cells, limits: Limits, events: list[CellEvent],
@@ -175,22 +231,26 @@ async def _run_cells(client: LimitedClient, notebook, code_cells, limits: Limits
             if not await responsive(client):
                 stopped = f"cell {index} could not be interrupted after its time limit, so the kernel was stopped"
                 await client.km.shutdown_kernel(now=True)
+                client.kernel_stopped = True
         record_cell_findings(client, cell, index, events)
 
 
 async def responsive(client: LimitedClient) -> bool:
     """Whether the kernel answers a trivial request after an interrupt."""
     probe = nbformat.v4.new_code_cell("pass")
+    cells = client.nb.cells
+    cells.append(probe)  # nbclient stores the executed cell at its index: give the probe one of its own
+    index = client.current_cell = len(cells) - 1
     saved, client.timeout = client.timeout, PROBE_TIMEOUT
     before = set(client.timed_out)
-    client.current_cell = -2
     try:
-        await client.async_execute_cell(probe, -2, store_history=False)
+        await client.async_execute_cell(probe, index, store_history=False)
     except (DeadKernelError, CellTimeoutError, RuntimeError):
         return False
     finally:
         client.timeout = saved
-    return -2 not in client.timed_out - before
+        del cells[index]
+    return index not in client.timed_out - before
 
 
 def dead_kernel_reason(client: LimitedClient, error: Exception) -> str:
@@ -199,6 +259,8 @@ def dead_kernel_reason(client: LimitedClient, error: Exception) -> str:
         code = client.km.provisioner.process.returncode  # type: ignore[union-attr]
     except AttributeError:
         pass
+    if code is not None and SIGNAL_EXIT < code <= SIGNAL_EXIT + 64 and client.isolated:
+        code = SIGNAL_EXIT - code  # isolated: bubblewrap reports the kernel's signal as 128 + N
     if code is not None and code < 0:
         import signal
 

@@ -7,7 +7,8 @@
 * an audit hook (PEP 578, cannot be removed from Python once added) that refuses: opening,
   listing, renaming or deleting anything under the protected paths (the gradebook, the
   solutions, other submissions); starting programs or forking; network connections other than
-  loopback; raising resource limits; setting attributes on classes of torch, numpy, the
+  loopback; changing resource limits (its own or, with `prlimit`, another process's);
+  signalling any process but itself; setting attributes on classes of torch, numpy, the
   builtins and the grader itself (e.g. `torch.Tensor.__eq__ = ...`);
 * a check after every cell that the functions tests rely on (`torch.allclose`,
   `torch.testing.assert_close`, `numpy.testing.*`, `isinstance`, ...) are still the originals.
@@ -15,8 +16,9 @@
   `INTEGRITY_MARKER`, which the grader turns into a zero for the exercise.
 
 This is defence in depth inside one Python process, not a security boundary: native code
-(ctypes, a compiled extension) can get around it. For untrusted classes, run the grader in a
-container (see the README).
+(ctypes, a compiled extension) or a path the hook cannot resolve (`dir_fd=`) gets around it.
+The boundary is the operating system's: the grader starts this kernel inside bubblewrap
+(isolation.py), where none of the grader's files, processes or network exist.
 
 The policy comes from the environment variable `LLMCOURSE_SANDBOX` (JSON).
 """
@@ -109,6 +111,13 @@ class BlockModules:
         return None
 
 
+def signals_itself(event: str, target: int) -> bool:
+    """Whether a kill targets the kernel itself (ipykernel interrupts itself so) or its own process group."""
+    if event == "os.kill":
+        return target in (0, os.getpid())
+    return target in (0, os.getpgrp())
+
+
 def make_audit_hook(policy: dict):
     protected = tuple(os.path.realpath(p) for p in policy.get("protected_paths", ()))
     allow_network = policy.get("allow_network", False)
@@ -124,8 +133,10 @@ def make_audit_hook(policy: dict):
                                           "or to other students)")
         elif event in PROCESS_EVENTS or event.startswith("os.spawn") or event.startswith("os.exec"):
             raise PermissionError(f"{REFUSED}starting programs or processes ({event}) is not allowed")
-        elif event == "resource.setrlimit":
+        elif event == "resource.setrlimit" or (event == "resource.prlimit" and len(args) > 2 and args[2] is not None):
             raise PermissionError(REFUSED + "changing resource limits is not allowed")
+        elif event in {"os.kill", "os.killpg"} and not signals_itself(event, args[0]):
+            raise PermissionError(f"{REFUSED}signalling other processes ({event} {args[0]}) is not allowed")
         elif event in {"socket.connect", "socket.sendto", "socket.getaddrinfo"} and not allow_network:
             address = args[1] if event != "socket.getaddrinfo" else args[0]
             host = address[0] if isinstance(address, tuple) else address

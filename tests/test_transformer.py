@@ -308,3 +308,41 @@ def test_decoder_block_sdpa_equals_eager(device):
     pe = TR.RotaryEmbedding(8, device=device)(x, torch.arange(9, device=device))
     keep = A.padding_mask(torch.tensor([[1] * 9, [1] * 6 + [0] * 3], device=device))
     expect_tensor(fast(x, pe, mask=keep), eager(x, pe, mask=keep), "DecoderBlock with sdpa vs eager")
+
+
+def test_layers_take_the_dtype_they_are_given_and_rope_reaches_far_positions():
+    config = TransformerConfig(d_model=16, n_heads=2, d_ff=24, bias=False)
+    for dtype in (torch.float16, torch.float64):
+        assert TR.RMSNorm(16, dtype=dtype).weight.dtype == dtype
+        assert {p.dtype for p in TR.SwiGLU(config, dtype=dtype).parameters()} == {dtype}
+    hf = hf_llama.LlamaRotaryEmbedding(llama_config(d_model=128, n_heads=2, n_kv_heads=1))
+    ours = TR.RotaryEmbedding(64)
+    far = torch.tensor([[0, 255, 1001, 2049, 4095]])
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.zeros(1, dtype=dtype)
+        (cos, sin), (hcos, hsin) = ours(x, far), hf(x, far)
+        assert cos.dtype == sin.dtype == dtype, f"the tables come back in x's dtype {dtype}, got {cos.dtype}"
+        tol = 0 if dtype == torch.float32 else 1e-2
+        expect_tensor(cos, hcos, f"cos at positions up to 4095 ({dtype})", atol=tol, rtol=0)
+        expect_tensor(sin, hsin, f"sin at positions up to 4095 ({dtype})", atol=tol, rtol=0)
+
+
+def test_blocks_pass_is_causal_and_masks_on():
+    torch.manual_seed(15)
+    config = TransformerConfig(d_model=32, n_heads=4, n_kv_heads=2, d_ff=64, bias=False)
+    block = TR.DecoderBlock(config).eval()
+    x = torch.randn(1, 5, 32)
+    pe = TR.RotaryEmbedding(8)(x, torch.arange(5))
+    changed = x.clone()
+    changed[0, 4] += torch.randn(32)
+    assert (block(x, pe, is_causal=False)[0, 0] - block(changed, pe, is_causal=False)[0, 0]).abs().max() > 1e-4, \
+        "with is_causal=False the first position sees the last"
+    reference = torch.nn.TransformerDecoderLayer(32, 4, 64, dropout=0.0, activation="gelu", batch_first=True).eval()
+    ours = TR.CrossAttentionDecoderBlock(encoder_config(32, 4, 64, False)).eval()
+    copy_torch_layer(ours, reference)
+    x, memory = torch.randn(2, 5, 32), torch.randn(2, 3, 32)
+    keep = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]).bool()
+    with torch.no_grad():
+        expect_tensor(ours(x, memory, is_causal=False), reference(x, memory), "the decoder block without a causal mask")
+        expect_tensor(ours(x, memory, mask=A.padding_mask(keep), is_causal=False),
+                      reference(x, memory, tgt_key_padding_mask=~keep), "the decoder block with a target padding mask")

@@ -56,8 +56,11 @@ class Chapter:
 TOKENIZER_TESTS = (
     ExerciseTests(None, ("test_char_tokenizer_round_trip_and_unknown",
                          "test_pretokenization_matches_tokenizers_on_every_code_point")),
-    ExerciseTests(1, ("test_byte_tokenizer_known_answers", "test_byte_tokenizer_round_trip")),
-    ExerciseTests(2, ("test_pair_counts_and_merge_known_answers", "test_pair_counts_and_merge_match_the_definitions")),
+    ExerciseTests(1, ("test_byte_tokenizer_known_answers", "test_byte_tokenizer_round_trip",
+                      "test_byte_tokenizer_keeps_the_text_as_written")),
+    ExerciseTests(2, ("test_pair_counts_and_merge_known_answers", "test_pair_counts_and_merge_match_the_definitions",
+                      "test_pair_counts_add_to_the_dict_they_are_given")),
+    ExerciseTests(3, ("test_learn_merges_reuses_the_id_of_bytes_already_in_the_vocabulary",)),
     ExerciseTests(3, ("test_incremental_training_equals_the_definition",)),
     ExerciseTests(3, ("test_learn_merges_aaabdaaabac",), uses=(4,)),
     ExerciseTests(3, ("test_simple_training_loop_equals_learn_merges", "test_simple_training_loop_on_text",
@@ -74,7 +77,7 @@ TOKENIZER_TESTS = (
                       "test_encode_cache_is_bounded"), uses=(3,)),
     ExerciseTests(5, ("test_viterbi_is_the_best_split", "test_viterbi_unknown_characters",
                       "test_viterbi_uses_the_longest_piece_and_unknown_score_it_is_given",
-                      "test_viterbi_matches_tokenizers_unigram")),
+                      "test_viterbi_matches_tokenizers_unigram", "test_viterbi_breaks_ties_as_tokenizers_unigram")),
     ExerciseTests(6, ("test_em_step_equals_enumeration", "test_em_never_decreases_likelihood",
                       "test_em_step_visits_only_the_pieces_at_each_position")),
     ExerciseTests(6, ("test_unigram_tokenizer_trains_and_round_trips",
@@ -110,6 +113,7 @@ ATTENTION_TESTS = (
                       "test_attention_builds_each_projection_once_at_its_size", "test_gqa_variants_and_repeat_kv",
                       "test_attention_layer_switches_implementation"), uses=(1, 2, 3)),
     ExerciseTests(5, ("test_kv_cache_bytes_known_sizes",)),
+    ExerciseTests(1, ("test_scale_zero_dtype_head_dim_and_kv_cache_contract",), uses=(2, 3, 4, 5)),
 )
 TRANSFORMER_TESTS = (
     ExerciseTests(1, ("test_rmsnorm_matches_torch_and_llama",)),
@@ -122,6 +126,8 @@ TRANSFORMER_TESTS = (
     ExerciseTests(4, ("test_blocks_take_one_config",), uses=(1, 2, 3, 5, 6)),
     ExerciseTests(5, ("test_encoder_block_matches_torch",)),
     ExerciseTests(6, ("test_cross_attention_decoder_block_matches_torch",)),
+    ExerciseTests(3, ("test_layers_take_the_dtype_they_are_given_and_rope_reaches_far_positions",), uses=(1, 2)),
+    ExerciseTests(4, ("test_blocks_pass_is_causal_and_masks_on",), uses=(1, 2, 3, 6)),
 )
 
 CHAPTERS: tuple[Chapter, ...] = (

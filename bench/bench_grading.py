@@ -1,9 +1,11 @@
 """Grading a class: `llmcourse grade` (parallel sandboxed runs, one gradebook writer) vs plain
 serial `nbgrader autograde`, on the same submissions of chapter 1, in the same run.
 
-    .venv/bin/python bench/bench_grading.py --students 30 --jobs 2
+    .venv/bin/python bench/bench_grading.py --students 20 --jobs 2
 
 Both start from a fresh scratch course with the assignment generated; neither writes feedback.
+`llmcourse grade` runs every kernel in its bubblewrap sandbox (as `./course grade` does), or
+without one with --unisolated.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmcourse.course import grading  # noqa: E402
+from llmcourse.course import grading, isolation  # noqa: E402
 from llmcourse.course.chapters import chapter_by_assignment  # noqa: E402
 from llmcourse.course.nbgrader_tools import nbgrader  # noqa: E402
 from llmcourse.course.runner import Limits  # noqa: E402
@@ -51,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--students", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--unisolated", action="store_true", help="grade without the bubblewrap sandbox")
     args = parser.parse_args()
     chapter = chapter_by_assignment("01-tokenizers")
     with tempfile.TemporaryDirectory() as scratch:
@@ -75,7 +78,8 @@ def main() -> None:
                          f"--CourseDirectory.release_directory={ours / 'grading' / 'release'}"],
                         cwd=ours).returncode == 0
         start = time.perf_counter()
-        report = grading.grade_class(ours, chapter, folder, Limits(), jobs=args.jobs, feedback=False,
+        limits = Limits(isolation=isolation.OFF if args.unisolated else isolation.REQUIRED)
+        report = grading.grade_class(ours, chapter, folder, limits, jobs=args.jobs, feedback=False,
                                      progress=lambda *_: None)
         parallel = time.perf_counter() - start
         same = all(report.recorded[s] == plain_scores[s] for s in plain_scores)
@@ -85,6 +89,7 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| nbgrader autograde (serial) | {serial:.1f} | {serial / args.students:.2f} |")
     print(f"| llmcourse grade --jobs {args.jobs} | {parallel:.1f} | {parallel / args.students:.2f} |")
+    print(f"kernels: {report.isolation}")
     print(f"speed-up: {serial / parallel:.2f}x; same scores in both gradebooks: {same}")
 
 

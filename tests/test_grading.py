@@ -470,12 +470,8 @@ def test_the_sandbox_binds_only_what_the_kernel_needs(bwrap, tmp_path):
 
 def test_a_kernel_dies_with_its_grader(bwrap, tmp_path):
     """SIGKILL the grading process while its kernel runs a cell: the kernel (in its own namespace) goes too."""
-    import signal
     import subprocess
     import sys
-    import time
-
-    import psutil
 
     grader = tmp_path / "grader.py"
     grader.write_text(
@@ -483,20 +479,34 @@ def test_a_kernel_dies_with_its_grader(bwrap, tmp_path):
         "from llmcourse.course.runner import Limits, execute\n"
         "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('import time\\ntime.sleep(600)')])\n"
         "execute(nb, Path(tempfile.mkdtemp()), Limits(cell_timeout=600), isolated=True)\n", encoding="utf-8")
-    private = tmp_path / "tmp"
-    private.mkdir()
+    # a short temporary folder, so that the kernel's sockets lie inside it and go with it afterwards
+    private = Path(tempfile.mkdtemp(prefix="llmcourse-test-"))
     process = subprocess.Popen([sys.executable, str(grader)], env={**os.environ, "TMPDIR": str(private)})
+    try:
+        wait_for_kernel_then_kill_grader(process, private)
+    finally:
+        process.kill()
+        process.wait()
+        isolation.remove_tree(private)  # a killed grader cannot clean up after itself
+
+
+def wait_for_kernel_then_kill_grader(process, private: Path) -> None:
+    """Once the kernel (started with TMPDIR=`private`) runs, SIGKILL the grader; the kernel must go within 10 s."""
+    import signal
+    import time
+
+    import psutil
 
     def kernels():
         found = []
-        for p in psutil.process_iter(["cmdline"]):
+        for p in psutil.process_iter(["cmdline", "name"]):
             line = " ".join(p.info["cmdline"] or [])
             if str(private) in line and "llmcourse.course.sandbox" in line:
-                found.append(p)
+                found.append(p.info)
         return found
 
     deadline = time.monotonic() + 120
-    while not any(p.name().startswith("python") for p in kernels()) and time.monotonic() < deadline:
+    while not any((p["name"] or "").startswith("python") for p in kernels()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert kernels(), "the kernel did not start"
     process.send_signal(signal.SIGKILL)
@@ -504,7 +514,7 @@ def test_a_kernel_dies_with_its_grader(bwrap, tmp_path):
     deadline = time.monotonic() + 10
     while kernels() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not kernels(), f"still running after the grader died: {[p.cmdline()[:3] for p in kernels()]}"
+    assert not kernels(), f"still running after the grader died: {[p['cmdline'][:3] for p in kernels()]}"
 
 
 # ---------------------------------------------------------------------------------------------

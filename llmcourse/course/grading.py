@@ -46,6 +46,7 @@ from .submission import (
     Finding,
     UnreadableSubmission,
     cell_key,
+    exercise_grade_ids,
     exercise_of,
     is_grade_cell,
     load_submission,
@@ -182,15 +183,19 @@ def explain_failures(notebook, result: SubmissionResult, where) -> None:
                 raised.setdefault(exercise, []).append(line)
                 result.findings.append(Finding("error", line, review=False, exercise=exercise))
                 break
+    for first in list(raised):  # an error in a solution cell explains every grade cell of its exercise
+        for grade_id in exercise_grade_ids(notebook, first):
+            raised.setdefault(grade_id, raised[first])
     for exercise in result.exercises:
         if not exercise.passed and exercise.grade_id in raised:
             exercise.message = "; ".join(raised[exercise.grade_id]) + "\n" + exercise.message
 
 
 def fail_exercise(notebook, grade_id: str, reason: str) -> None:
-    """Make the grade cell `grade_id` score zero, with the reason in its output."""
+    """Make every grade cell of the exercise `grade_id` score zero, with the reason in its output."""
+    grade_ids = set(exercise_grade_ids(notebook, grade_id))
     for cell in notebook.cells:
-        if is_grade_cell(cell) and nbgrader_meta(cell).get("grade_id") == grade_id:
+        if is_grade_cell(cell) and nbgrader_meta(cell).get("grade_id") in grade_ids:
             cell.outputs = [error_output("IntegrityError", reason)]
 
 

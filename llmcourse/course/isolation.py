@@ -99,6 +99,9 @@ def hidden_module_paths(package: Path, blocked_modules) -> list[Path]:
         folder = package.joinpath(*parts[1:-1])
         hidden += [folder / f"{parts[-1]}.py", folder / parts[-1]]  # a module, or a package
         cache = folder / "__pycache__"
+        # Naming the module inside its byte-code folder makes that folder bound file by file, as it is now:
+        # byte code written there later (by the grader, say) does not appear in a running sandbox.
+        hidden.append(cache / parts[-1])
         if cache.is_dir():
             hidden += [p for p in cache.iterdir() if p.name.split(".")[0] == parts[-1]]
     return hidden

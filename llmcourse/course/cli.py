@@ -148,7 +148,8 @@ def cmd_check(args) -> int:
         exercises = check_report.group_exercises(result.exercises, titles)
         failed |= not all(e.passed for e in exercises)
         label = "hidden tests included" if hidden else "visible tests only: solutions/ is not in this copy"
-        print(f"\n{shown(args, path)}  (chapter {chapter.number}: {chapter.title}; {label})")
+        print(f"\n{shown(args, path)}  (chapter {chapter.number}: {chapter.title}; {label}; "
+              f"ran {result.isolation or 'unisolated'})")
         check_report.print_exercises(exercises)
         for finding in result.findings:
             print(f"  note: {finding.message}")
@@ -335,6 +336,9 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     """The limits a notebook runs under (grading.limits_from_args reads them)."""
     parser.add_argument("--timeout", type=float, help="seconds per cell (default 120)")
     parser.add_argument("--memory-gb", type=float, help="memory limit of each kernel in GiB (default 8)")
+    parser.add_argument("--unisolated", action="store_true",
+                        help="run kernels without the bubblewrap sandbox (grade refuses to otherwise when bwrap is "
+                             "missing; the report says so); the same as LLMCOURSE_UNISOLATED=1")
 
 
 def add_learner_commands(sub) -> None:

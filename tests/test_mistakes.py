@@ -29,6 +29,15 @@ def catalogue_path(root, chapter):
     return root / "tests" / "mistakes" / f"{chapter.notebook}.py"
 
 
+def run_catalogue_of(root, chapter, visible_only: bool = False):
+    """The chapter's catalogue and the outcome of each of its mistakes (and of the reference)."""
+    path = catalogue_path(root, chapter)
+    if not path.exists():
+        pytest.fail(f"{path} is missing: every chapter lists its learners' likely mistakes")
+    outcomes = run_in_subprocess(chapter.solution_path(root), path, cwd=root, visible_only=visible_only)
+    return runpy.run_path(str(path))["MISTAKES"], outcomes
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
 def test_every_exercise_has_a_catalogue_of_mistakes(root, chapter):
     path = catalogue_path(root, chapter)
@@ -43,11 +52,7 @@ def test_every_exercise_has_a_catalogue_of_mistakes(root, chapter):
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
 def test_grade_cells_catch_every_catalogued_mistake(root, chapter):
-    path = catalogue_path(root, chapter)
-    if not path.exists():
-        pytest.fail(f"{path} is missing")
-    mistakes = runpy.run_path(str(path))["MISTAKES"]
-    outcomes = run_in_subprocess(chapter.solution_path(root), path, cwd=root)
+    mistakes, outcomes = run_catalogue_of(root, chapter)
     failing_reference = [f"{o.grade_id}: {o.error}" for o in outcomes if o.mistake < 0 and o.caught]
     assert not failing_reference, f"the reference solution fails its own grade cells: {failing_reference}"
     missed = [f"{o.grade_id}: {mistakes[o.mistake].what}" for o in outcomes if o.mistake >= 0 and not o.caught]
@@ -60,11 +65,7 @@ def test_grade_cells_catch_every_catalogued_mistake(root, chapter):
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
 def test_visible_tests_catch_most_mistakes(root, chapter):
-    path = catalogue_path(root, chapter)
-    if not path.exists():
-        pytest.fail(f"{path} is missing")
-    mistakes = runpy.run_path(str(path))["MISTAKES"]
-    outcomes = run_in_subprocess(chapter.solution_path(root), path, cwd=root, visible_only=True)
+    mistakes, outcomes = run_catalogue_of(root, chapter, visible_only=True)
     assert not [o for o in outcomes if o.mistake < 0 and o.caught], "the reference fails its visible tests"
     caught, total = Counter(), Counter()
     for o in outcomes:

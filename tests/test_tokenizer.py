@@ -281,7 +281,7 @@ def test_exported_json_same_ids_on_any_unicode(trained, tmp_path, text):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("vocab_size", [300, 1000, 3000])
+@pytest.mark.parametrize("vocab_size", [300, 1000, pytest.param(3000, marks=pytest.mark.reference_only)])
 def test_same_merges_and_ids_as_tokenizers_trainer(corpus, vocab_size):
     ours = T.BPETokenizer.train(corpus, vocab_size)
     theirs = oracles.hf_byte_level_bpe([corpus], vocab_size)

@@ -270,7 +270,8 @@ def test_check_of_a_half_done_chapter_from_its_folder(root, tmp_path):
     out = done.stdout
     assert done.returncode == 1 and "no such notebook" not in out, out + done.stderr
     table = out.split("package tests")[0]
-    assert table.startswith(f"\n{notebook.name}  (chapter 1: Tokenizers; hidden tests included)"), table
+    assert table.startswith(f"\n{notebook.name}  (chapter 1: Tokenizers; hidden tests included; ran "), table
+    assert "isolated" in table.splitlines()[1], "the header says how the kernel was isolated"
     assert "pass    Exercise 1 — a byte tokenizer" in table and "FAIL    Exercise 4 — encode a chunk" in table
     assert "-tests" not in out, "grade ids are not shown"
     assert "  pass  test_byte_tokenizer_known_answers  (exercise 1)" in out

@@ -247,8 +247,10 @@ def bwrap_command(folders: PrivateFolders, command: list[str], environment: dict
     mounts = system_mounts()
     python_mounts(mounts, layout, hidden)
     check_hidden(mounts, [*secrets, *hidden])
+    # The private /tmp goes first: the environment, the course and the private folders may all lie
+    # under the host's /tmp, and each later bind shows through it.
+    private_tmp = ["--bind", str(folders.tmp), "/tmp"]
     private = Mounts()
-    private.args += ["--bind", str(folders.tmp), "/tmp"]  # first: the others may lie under the host's /tmp
     for folder in (folders.home, folders.work, folders.run):
         private.bind(folder)
     namespaces = ["--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
@@ -258,7 +260,7 @@ def bwrap_command(folders: PrivateFolders, command: list[str], environment: dict
     variables = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(folders.home),
                  "TMPDIR": "/tmp", "LANG": "C.UTF-8", **environment}
     settings = [arg for name, value in variables.items() for arg in ("--setenv", name, value)]
-    return [shutil.which(BWRAP) or BWRAP, *namespaces, "--die-with-parent", "--new-session",
+    return [shutil.which(BWRAP) or BWRAP, *namespaces, "--die-with-parent", "--new-session", *private_tmp,
             *mounts.args, "--dev", "/dev", "--proc", "/proc", *private.args,
             "--clearenv", *settings, "--chdir", str(folders.work), "--", *command]
 

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from llmcourse.course.chapters import CHAPTERS
-from llmcourse.course.mistakes import code_cells, exercise_of, run_in_subprocess
+from llmcourse.course.mistakes import code_cells, exercise_of, grade_cells_of, run_in_subprocess
 
 pytestmark = [pytest.mark.course_infra]
 
@@ -93,6 +93,26 @@ def test_grade_cells_reach_every_line_of_the_reference(root, chapter):
     uncovered = json.loads(result.stdout.strip().splitlines()[-1])
     assert not uncovered, "reference lines no grade cell executes (add a test that reaches them):\n" + "\n".join(
         f"  {cell}, line {line}: {code}" for cell, lines in uncovered.items() for line, code in lines)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.assignment)
+def test_each_exercise_is_graded_on_its_own(root, chapter):
+    """An exercise left blank fails every grade cell of its own and no other: a mistake costs the
+    points of the exercise it is in, not those of every exercise that builds on it."""
+    script = ("import json, sys; from pathlib import Path; "
+              "from llmcourse.course.mistakes import blank_each_exercise as b; "
+              "print(json.dumps(b(Path(sys.argv[1]), Path(sys.argv[2]))))")
+    result = subprocess.run([sys.executable, "-c", script, str(chapter.solution_path(root)),
+                             str(chapter.exercise_path(root))], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    failing = json.loads(result.stdout.strip().splitlines()[-1])
+    cells = code_cells(chapter.solution_path(root))
+    wrong = []
+    for cell_id, failed in failing.items():
+        own = [cells[i].id for i in grade_cells_of(cells, cell_id)]
+        if failed != own:
+            wrong.append(f"  {cell_id} left blank: failing {failed}, expected exactly {own}")
+    assert not wrong, "exercises not graded on their own:\n" + "\n".join(wrong)
 
 
 def test_grade_cells_have_no_bare_asserts(root):

@@ -141,7 +141,7 @@ def test_library_attention_scores_zero(root, tmp_path):
     # named in Attention.forward: that exercise loses its points, the others keep theirs
     wrong = {g: v for g, v in got["named"].items() if v[0] != (0 if g.startswith("ex4") else v[1])}
     assert not wrong, got["named"]
-    # reached at run time from scaled_dot_product_attention: every exercise that calls it
+    # reached at run time from scaled_dot_product_attention: exercise 1 loses its points; the
+    # exercises that build on it are graded with the course's stand-in and keep theirs
     disguised = got["disguised"]
-    assert all(v[0] == 0 for g, v in disguised.items() if g.startswith(("ex1", "ex4"))), disguised
-    assert all(v[0] == v[1] for g, v in disguised.items() if g.startswith(("ex3", "ex5"))), disguised
+    assert all(v[0] == (0 if g.startswith("ex1") else v[1]) for g, v in disguised.items()), disguised

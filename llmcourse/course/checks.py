@@ -172,6 +172,33 @@ ATTENTION_FAST_PATHS = ("sdpa_attention", "ATTENTION_FUNCTIONS")
 
 
 @contextlib.contextmanager
+def on_its_own(namespace: dict, *names: str):
+    """Grade one exercise on its own: within the block, the notebook's `names`, defined by other
+    exercises, are the course's stand-ins (llmcourse.course.oracles), so a mistake in one of them
+    is charged to its own exercise and not to every exercise that builds on it.
+
+    `namespace` is the notebook's globals(), where the learner's functions look their helpers up
+    when they run. Everything is put back when the block ends, even if a test in it failed.
+    """
+    from llmcourse.course.oracles import STAND_INS
+
+    unknown = [name for name in names if name not in STAND_INS]
+    if unknown:
+        raise KeyError(f"no stand-in for {unknown}; the course has stand-ins for {sorted(STAND_INS)}")
+    absent = object()
+    saved = {name: namespace.get(name, absent) for name in names}
+    namespace.update({name: STAND_INS[name] for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is absent:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
+
+
+@contextlib.contextmanager
 def calling(call: str, raises: type[BaseException] | None = None, **inputs):
     """Say what a test was doing when the code under test raises, or fails to raise.
 

@@ -190,9 +190,53 @@ def run_in_subprocess(notebook_path: Path, catalogue_path: Path, cwd: Path,
     return [Outcome(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
 
 
+def grade_cells_failing(cells: list[Cell], replaced: dict[str, str], timeout: int) -> list[str]:
+    """Run every cell, as nbgrader does (an error in a cell does not stop the rest); the ids of the
+    grade cells that raised. A run past `timeout` seconds fails every grade cell not yet run."""
+    namespace = {"__name__": "__main__"}
+    failed = []
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(timeout)
+    printed = io.StringIO()
+    done = 0  # cells run to the end, with or without an error
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            for cell in cells:
+                try:
+                    exec(compile(replaced.get(cell.id, cell.source), f"<cell {cell.id}>", "exec"), namespace)
+                except TimeLimit:
+                    raise
+                except BaseException:  # a blank exercise raises NotImplementedError, and more
+                    if cell.is_grade:
+                        failed.append(cell.id)
+                done += 1
+    except TimeLimit:
+        failed += [c.id for c in cells[done:] if c.is_grade]
+    finally:
+        signal.alarm(0)
+    return failed
+
+
+def blank_each_exercise(notebook_path: Path, release_path: Path, timeout: int = 4 * MISTAKE_TIMEOUT) -> dict:
+    """Each exercise in turn left as the learner receives it (the release notebook's version of its
+    solution cell), the others solved: {solution cell id: the grade cells that fail}.
+
+    An exercise graded on its own fails all of its own grade cells and no other: the grade cells of
+    later exercises put the course's stand-ins in place of what it defines (checks.on_its_own)."""
+    cells = code_cells(notebook_path)
+    blanks = {c.id: c.source for c in code_cells(release_path) if c.is_solution}
+    missing = [c.id for c in cells if c.is_solution and c.id not in blanks]
+    if missing:
+        raise KeyError(f"{release_path} has no cells with the ids {missing}: regenerate it from {notebook_path}")
+    return {c.id: grade_cells_failing(cells, {c.id: blanks[c.id]}, timeout) for c in cells if c.is_solution}
+
+
 def main(argv: list[str]) -> int:
     from llmcourse.course import mistakes  # not __main__'s copy: catalogues import Mistake from here
 
+    if argv[0] == "--blank-each":
+        print(json.dumps(mistakes.blank_each_exercise(Path(argv[1]), Path(argv[2]))))
+        return 0
     notebook, catalogue = Path(argv[0]), Path(argv[1])
     outcomes = mistakes.run_catalogue(notebook, catalogue, visible_only="--visible-only" in argv[2:])
     print(json.dumps([asdict(o) for o in outcomes]))

@@ -31,6 +31,10 @@ MAX_NOTEBOOK_BYTES = 64 * 2**20
 GRADING_PATHS = re.compile(r"gradebook|nbgrader_config|(^|[/\\])(solutions|submitted|autograded|feedback)[/\\]"
                            r"|[/\\](solutions|submitted|autograded|feedback)$")
 
+ORACLE_MODULES = ("oracles", "tokenizer_oracles")
+"""Modules of llmcourse.course that hold the course's own answers (the stand-ins and oracles the
+grade cells use): learner code may not name them."""
+
 
 @dataclass
 class Finding:
@@ -307,11 +311,32 @@ def tampering(source: str, aliases: set[str], own_modules=()) -> str | None:
         if isinstance(node, ast.Import) and any(a.name in own or a.name.startswith(tuple(m + "." for m in own))
                                                 for a in node.names):
             return "it imports the reference solution of this chapter"
+        oracle = oracle_named(node)
+        if oracle:
+            return f"it uses the course's own answers ({oracle}), which grade the exercises"
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             if any(node.value == m or node.value.startswith(m + ".") for m in own):
                 return f"it names the reference solution of this chapter ({node.value!r})"
             if GRADING_PATHS.search(node.value):
                 return f"it names the grader's files ({node.value[:60]!r})"
+    return None
+
+
+def oracle_named(node) -> str | None:
+    """The oracle module an import, attribute or string of learner code names, or None."""
+    names = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+    elif isinstance(node, ast.Attribute):
+        names = [node.attr]
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        names = [node.value]
+    for name in names:
+        parts = name.split(".")
+        if any(part in ORACLE_MODULES for part in parts) and (len(parts) == 1 or "course" in parts):
+            return name
     return None
 
 

@@ -31,6 +31,12 @@ MISTAKES = [
             "    if q.shape[-1] != k.shape[-1]:\n", "    if False:\n"),
     Mistake("ex1-attention", "k transposed with transpose(1, 2), which is right only for 3-D inputs (B, S, d)",
             "scores = (q @ k.transpose(-1, -2)) * scale", "scores = (q @ k.transpose(1, 2)) * scale"),
+    Mistake("ex1-attention", "is_causal ignored: the flag is in the signature but the future is never blocked",
+            "    if is_causal:\n        causal = causal_mask", "    if False:\n        causal = causal_mask"),
+    Mistake("ex1-attention", "is_causal replaces the mask instead of combining with it (padding is lost in a decoder)",
+            "        if mask is None:\n            mask = causal\n", "        if True:\n            mask = causal\n"),
+    Mistake("ex1-attention", "is_causal with an additive mask: the boolean triangle added as 0/1 to the scores",
+            "            mask = mask.masked_fill(~causal, float(\"-inf\"))", "            mask = mask + causal"),
     # ex2: causal_mask, padding_mask
     Mistake("ex2-masks", "the causal triangle aligned to the top-left (PyTorch's is_causal), not the bottom-right",
             "torch.arange(n_keys - n_queries, n_keys, device=device)[:, None]",

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -284,9 +285,20 @@ def _follow_redirect(driver, page: Path, target: str) -> list[str]:
     return []
 
 
+def _has_chinese_font() -> bool:
+    fc_list = shutil.which("fc-list")
+    if fc_list is None:
+        return False
+    found = subprocess.run([fc_list, ":lang=zh"], capture_output=True, text=True)
+    return bool(found.stdout.strip())
+
+
 def test_every_page_in_a_browser(browser, book):
     """Math typeset, images loaded, local links and anchors resolve, no console errors."""
     screenshots = book.parent / "screenshots"
+    if not _has_chinese_font():
+        warnings.warn("no font with Chinese glyphs (fc-list :lang=zh is empty): the glossary's screenshot shows "
+                      "boxes for its 中文 column; install one, e.g. `apt-get install fonts-noto-cjk`", stacklevel=1)
     anchors = _Anchors()
     problems: dict[str, list[str]] = {}
     article_links: dict[str, set[Path]] = {}

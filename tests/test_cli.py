@@ -365,7 +365,10 @@ def test_check_and_export_number_a_cell_alike(root, tmp_path):
     assert export.returncode == 2 and f", {where}, line" in export.stderr, export.stderr
     check = course("check", notebook.name, "--no-package", cwd=notebook.parent,
                    LLMCOURSE_CHECK_RESULTS=str(tmp_path / "results"))
-    assert f"{where} raised ValueError: a stray line" in check.stdout, check.stdout
+    line = export.stderr.split(f", {where}, line ")[1].split(":")[0]
+    # the grader does not run an export cell with code that would run on import: it says where that code is
+    assert f"{where} raised ExportRuleError: an '#| export' cell was not run: line {line}:" in check.stdout, \
+        check.stdout
     assert cli.CWD_ENV not in check.stdout
 
 
@@ -469,3 +472,22 @@ def test_instructors_guide_is_in_the_book_and_linked_from_the_readme(root):
                  "assignsubmission_file_", "nbgrader zip_collect", "gradebook.db"):
         assert fact in guide, fact
     assert "book/instructors.md" in (root / "README.md").read_text(encoding="utf-8")
+
+
+def test_only_a_course_error_is_reported_without_a_traceback(monkeypatch, capsys):
+    """A user's mistake prints `error: ...` and exits 2; a bug in the course shows its traceback."""
+    from llmcourse.course import cli
+    from llmcourse.course.errors import CourseError
+
+    def mistake(args):
+        raise CourseError("no such folder: submissions/")
+
+    def bug(args):
+        raise ValueError("a bug in the course")
+
+    monkeypatch.setattr(cli, "cmd_progress", mistake)
+    assert cli.main(["progress"]) == 2
+    assert "error: no such folder: submissions/" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "cmd_progress", bug)
+    with pytest.raises(ValueError, match="a bug in the course"):
+        cli.main(["progress"])

@@ -21,6 +21,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -228,8 +229,9 @@ def graded(root, tmp_path_factory):
     folder = base / "submissions"
     folder.mkdir()
     build_submissions(root, course, folder)
-    report = grading.grade_class(course, CH1, folder, class_limits(), jobs=2, feedback=True,
-                                 progress=lambda *_: None)
+    # every learner cell runs as written, so the faults and attacks above reach the sandbox itself
+    limits = dataclasses.replace(class_limits(), run_own_cells=True)
+    report = grading.grade_class(course, CH1, folder, limits, jobs=2, feedback=True, progress=lambda *_: None)
     results = {r.student: r for r in report.results}
     return course, report, results
 
@@ -364,6 +366,85 @@ def test_regrading_one_student_leaves_the_others_alone(graded, tmp_path):
     for student, score in before.items():
         if student != "blank":
             assert after[student] == score, f"{student}'s grade changed from {score} to {after[student]}"
+
+
+HOOKS_WHEN_CALLED = '''#| export tokenizer
+class ByteTokenizer:
+    """Plants hooks in the shell when the tests call it, to hide that it fails."""
+
+    def encode(self, text):
+        shell = globals()["get_" + "ipython"]()
+        setattr(shell, "show" + "traceback", lambda *args, **kwargs: None)  # errors reported as nothing
+        getattr(shell, "input_transformers" + "_post").append(lambda lines: ["pass\\n"])  # later cells skipped
+        shell.events.register("post_run_cell", lambda result: None)
+        raise ValueError("wrong, and hidden")
+
+    def decode(self, ids):
+        return ""
+'''
+
+MODULES_WHEN_CALLED = '''
+def merge(ids, pair, new_id):
+    """Swaps the tests' checks module for one whose checks pass everything, when called."""
+    import types
+    fake = types.ModuleType("llmcourse.course.checks")
+    fake.__getattr__ = lambda name: (lambda *args, **kwargs: None)
+    __import__("sys").__dict__["mod" + "ules"]["llmcourse.course.checks"] = fake
+    return []
+'''
+
+
+@pytest.fixture(scope="module")
+def verdicts(root, tmp_path_factory):
+    """Chapter 1 notebooks graded as `grade` grades them (scratch cells not run, shell watched)."""
+    base = tmp_path_factory.mktemp("verdicts")
+    course = scratch_course(root, base / "course", [CH1])
+    good, blank = completed(root, CH1), nbformat.read(str(CH1.exercise_path(root)), as_version=4)
+    transformer = ("shell = globals()['get_' + 'ipython']()\n"
+                   "getattr(shell, 'input_transformers' + '_post').append(lambda lines: ['pass\\n'])\n")
+    notebooks = {}
+    notebooks["scratch-transformer"] = copy.deepcopy(blank)  # every later cell would be `pass`, tests included
+    insert_after(notebooks["scratch-transformer"], "ex1-byte-tokenizer", transformer)
+    notebooks["scratch-redefines"] = copy.deepcopy(good)  # a scratch cell that breaks a solution is not run
+    insert_after(notebooks["scratch-redefines"], "ex2-pairs-merge", "def merge(ids, pair, new_id):\n    return ids")
+    notebooks["hooks-when-called"] = copy.deepcopy(good)
+    cell(notebooks["hooks-when-called"], "ex1-byte-tokenizer").source = HOOKS_WHEN_CALLED
+    notebooks["modules-when-called"] = copy.deepcopy(good)
+    cell(notebooks["modules-when-called"], "ex2-pairs-merge").source += MODULES_WHEN_CALLED
+    notebooks["top-level-in-export"] = copy.deepcopy(good)
+    prepend(notebooks["top-level-in-export"], "ex3-learn-merges", "print('runs on import')")
+    notebooks["export-helper-cell"] = copy.deepcopy(good)  # a helper of the learner's in an export cell of their own
+    solution = cell(notebooks["export-helper-cell"], "ex2-pairs-merge")
+    solution.source = solution.source.replace("    first, second = pair\n", "    first, second = unpack(pair)\n")
+    insert_after(notebooks["export-helper-cell"], "ex1-byte-tokenizer",
+                 "#| export tokenizer\ndef unpack(pair):\n    return pair[0], pair[1]")
+    results = {}
+    for name, notebook in notebooks.items():
+        path = base / name / f"{CH1.notebook}.ipynb"
+        path.parent.mkdir()
+        nbformat.write(notebook, str(path))
+        results[name] = grading.grade_notebook(course, CH1, path, class_limits(), student=name)
+    return results
+
+
+def test_scratch_cells_are_not_run(verdicts):
+    expect(verdicts, "scratch-transformer", 0, zero=EXERCISES)
+    expect(verdicts, "scratch-redefines", FULL, reason="not run")
+    expect(verdicts, "export-helper-cell", FULL)
+
+
+def test_shell_hooks_and_module_swaps_planted_by_called_code_zero_the_exercise(verdicts):
+    expect_zero(verdicts, "hooks-when-called", {"ex1"}, reason="the shell's")
+    # the swap is seen in every cell that called merge: exercise 2's tests and the given cells after it
+    result = verdicts["modules-when-called"]
+    got = scores(result)
+    assert all(got[g] == 0 for g in POINTS if g.startswith("ex2")), got
+    assert result.score <= FULL - points("ex2"), got
+    assert "sys.modules" in " ".join(f.message for f in result.findings), result.findings
+
+
+def test_top_level_code_in_an_export_cell_is_not_run(verdicts):
+    expect_zero(verdicts, "top-level-in-export", {"ex3"}, reason="export")
 
 
 def test_learner_check_on_attention_refuses_the_reference_and_library(root, tmp_path):
@@ -578,7 +659,7 @@ def write_at(folder, name, data=b"planted by the red team\\n"):
 
 def cheat_with(code):
     """Before every later cell, put back the stolen definitions (the learner's blank ones replace them)."""
-    shell = get_ipython()
+    shell = globals()["get_" + "ipython"]()
     shell.events.register("pre_run_cell", lambda *_: exec(code, shell.user_ns))
     exec(code, shell.user_ns)
 
@@ -716,11 +797,12 @@ interfaces = [name for _, name in socket.if_nameindex()]
 print("network interfaces:", interfaces)
 attempt("a network interface besides loopback", lambda: [n for n in interfaces if n != "lo"][0])
 """, FULL)
-    # the control: the same cheat with the reference pasted in gives full marks, so the reads above matter
+    # the control: the same cheat with the reference pasted in. It once gave full marks (so the reads
+    # above matter); now the shell watch also removes the hook it plants, and every exercise stays blank
     reference = (package / "tokenizer.py").read_text(encoding="utf-8")
     notebook = copy.deepcopy(blank)
     insert_after(notebook, "ex1-byte-tokenizer", ATTACK_TOOLS + f"cheat_with({reference!r})")
-    cases["rt-control-pasted-reference"] = (notebook, FULL, set(), None)
+    cases["rt-control-pasted-reference"] = (notebook, 0, EXERCISES, "pre_run_cell callbacks")
     cases["rt-victim"] = (good, FULL, set(), None)
     return cases
 
@@ -853,8 +935,11 @@ def red_team(bwrap, root, tmp_path_factory):
     os.environ["HOME"], tempfile.tempdir = str(home), str(private_tmp)
     try:
         with KernelCounter() as counter:
-            report = grading.grade_class(course, CH1, submissions, dataclasses.replace(LIMITS, isolation="required"),
-                                         jobs=JOBS, feedback=True, progress=lambda *_: None)
+            # the learner's own cells run too: the operating-system boundary must hold for code at the
+            # top level of a notebook, not only for code the tests call
+            limits = dataclasses.replace(LIMITS, isolation="required", run_own_cells=True)
+            report = grading.grade_class(course, CH1, submissions, limits, jobs=JOBS, feedback=True,
+                                         progress=lambda *_: None)
         alive_after = kernels_alive()
     finally:
         os.environ["HOME"], tempfile.tempdir = saved
@@ -945,3 +1030,122 @@ def test_red_team_kernels_are_bounded_by_jobs_and_leave_nothing(red_team):
                                                                                   "llmcourse-run-")))
     assert not left, f"left behind in the temporary folder: {left}"
     assert not list(red_team["tmp"].rglob("kernel*.json")), "a connection file (with its key) was left behind"
+
+
+def test_a_lone_surrogate_is_replaced_on_load(tmp_path):
+    """Valid JSON that no file can be written with: read, sanitised, and written back."""
+    from llmcourse.course.submission import load_submission
+
+    notebook = nbformat.read(str(CH1.exercise_path(ROOT)), as_version=4)
+    notebook.cells[0].source = "a title \udc00"
+    path = tmp_path / "tokenizers.ipynb"
+    path.write_text(json.dumps(notebook), encoding="utf-8")  # json.dumps spells it "\udc00"
+    with pytest.raises(UnicodeEncodeError):
+        nbformat.reads(path.read_text(encoding="utf-8"), as_version=4).cells[0].source.encode()
+    loaded = load_submission(path, "tokenizers.ipynb")
+    assert loaded.cells[0].source == "a title \ufffd"
+    nbformat.write(loaded, str(tmp_path / "written.ipynb"))
+
+
+def test_an_nbformat_3_notebook_is_upgraded_and_graded(root, tmp_path):
+    from nbformat import v3
+
+    from llmcourse.course.submission import load_submission
+
+    good = completed(root, CH1)
+    old = v3.new_notebook(worksheets=[v3.new_worksheet(cells=[
+        v3.new_code_cell(input=c.source, metadata=c.metadata) if c.cell_type == "code"
+        else v3.new_text_cell("markdown", source=c.source, metadata=c.metadata) for c in good.cells])])
+    path = tmp_path / "old" / "tokenizers.ipynb"
+    path.parent.mkdir()
+    path.write_text(v3.writes_json(old), encoding="utf-8")
+    assert json.loads(path.read_text(encoding="utf-8"))["nbformat"] == 3
+    loaded = load_submission(path, "tokenizers.ipynb")
+    assert loaded.nbformat == 4 and len(loaded.cells) == len(good.cells)
+    course = scratch_course(root, tmp_path / "course", [CH1])
+    result = grading.grade_notebook(course, CH1, path, class_limits())
+    assert result.score == FULL, result.findings
+
+
+def test_a_students_zip_holds_only_their_own_work(root, tmp_path):
+    """A zip never replaces another student's submission, and a class archive never overrides one."""
+    good = nbformat.writes(completed(root, CH1))
+    blank = CH1.exercise_path(root).read_text(encoding="utf-8")
+    subs = tmp_path / "submissions"
+    (subs / "bob" / CH1.assignment).mkdir(parents=True)
+    (subs / "bob" / CH1.assignment / "tokenizers.ipynb").write_text(good, encoding="utf-8")
+    with zipfile.ZipFile(subs / "alice.zip", "w") as bundle:  # alice's zip, with a folder named after bob
+        bundle.writestr(f"bob/{CH1.assignment}/tokenizers.ipynb", blank)
+    with zipfile.ZipFile(subs / "export.zip", "w") as bundle:  # a class archive that also has bob
+        for student in ("bob", "carol", "dave"):
+            bundle.writestr(f"{student}/{CH1.assignment}/tokenizers.ipynb", blank)
+    collected = {c.student: c for c in grading.collect(subs, CH1, tmp_path / "scratch")}
+    assert set(collected) == {"alice", "bob", "carol", "dave"}
+    bob = collected["bob"]
+    assert bob.path == subs / "bob" / CH1.assignment / "tokenizers.ipynb"
+    assert bob.path.read_text(encoding="utf-8") == good
+    assert any("export.zip" in f.message and "ignored" in f.message for f in bob.findings), bob.findings
+    alice = collected["alice"]
+    assert alice.path is not None and alice.path.read_text(encoding="utf-8") == blank
+    assert any("'bob'" in f.message for f in alice.findings), alice.findings
+    for student in ("carol", "dave"):
+        assert collected[student].path is not None and not collected[student].findings
+
+
+def test_a_stopped_kernel_and_a_notebook_past_its_total_limit(root, tmp_path):
+    """A kernel that stops itself (SIGSTOP) is killed after its cell's limit; a notebook that runs
+    past its total limit keeps what it scored before, and the rest is not run."""
+    course = scratch_course(root, tmp_path / "course", [CH1])
+    good = completed(root, CH1)
+    stops = copy.deepcopy(good)
+    insert_after(stops, "ex5-viterbi", "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)")
+    sleeps = copy.deepcopy(good)
+    insert_after(sleeps, "ex2-pairs-merge", "import time\ntime.sleep(600)")
+    results = {}
+    for name, notebook, limits in [
+            ("stops", stops, dataclasses.replace(class_limits(), run_own_cells=True, cell_timeout=15)),
+            ("sleeps", sleeps, dataclasses.replace(class_limits(), run_own_cells=True, cell_timeout=300,
+                                                   total_timeout=30))]:
+        path = tmp_path / name / f"{CH1.notebook}.ipynb"
+        path.parent.mkdir()
+        nbformat.write(notebook, str(path))
+        start = time.monotonic()
+        results[name] = grading.grade_notebook(course, CH1, path, limits, student=name)
+        results[name].seconds = time.monotonic() - start
+    stopped = expect(results, "stops", FULL - points("ex5", "ex6"), zero={"ex5", "ex6"})
+    assert stopped.seconds < 120, stopped.seconds
+    slept = expect(results, "sleeps", points("ex1", "ex2"), zero={"ex3", "ex4", "ex5", "ex6"},
+                   reason="total limit of 30 s")
+    assert slept.seconds < 90, slept.seconds
+
+
+GLOBALS_READER = '''
+#| export attention
+def split_heads(x, n_heads):
+    """Returns what the test expects, read from the notebook's globals."""
+    if x.shape[-1] % n_heads:
+        raise ValueError(f"{x.shape[-1]} features cannot be split into {n_heads} heads")
+    return globals()["want"].to(x.dtype)
+
+
+def merge_heads(x):
+    return globals()["x"].to(x.dtype)
+
+
+def repeat_kv(x, n_rep):
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+'''
+
+
+def test_a_grade_cells_expected_values_are_out_of_the_learners_reach(root, tmp_path):
+    """A grade cell's variables live in a scope of its own, not in the globals the learner's code sees."""
+    course = scratch_course(root, tmp_path / "course", [CH3])
+    notebook = completed(root, CH3)
+    cell(notebook, "ex3-heads").source = GLOBALS_READER
+    path = tmp_path / "reader" / f"{CH3.notebook}.ipynb"
+    path.parent.mkdir()
+    nbformat.write(notebook, str(path))
+    result = grading.grade_notebook(course, CH3, path, class_limits())
+    got = scores(result)
+    assert got["ex3-tests"] == 0, got
+    assert result.score == 12 - 1, got

@@ -8,6 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CourseError
+
+
+class UnknownChapter(CourseError, KeyError):
+    """No chapter has that assignment id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
 
 @dataclass(frozen=True)
 class ExerciseTests:
@@ -147,7 +156,7 @@ def chapter_by_assignment(assignment: str) -> Chapter:
         if chapter.assignment == assignment:
             return chapter
     known = ", ".join(c.assignment for c in CHAPTERS)
-    raise KeyError(f"no chapter {assignment!r}; the chapters are: {known}")
+    raise UnknownChapter(f"no chapter {assignment!r}; the chapters are: {known}")
 
 
 def module_owner(module: str) -> Chapter | None:

@@ -10,6 +10,7 @@ Paths on the command line are read from the folder you run the command in, even 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from . import package_tests
 from .chapters import CHAPTERS, chapter_by_assignment
+from .errors import CourseError
 from .export import ExportError, chapter_of_notebook, export_package, export_reference
 from .nbgrader_tools import repo_root
 
@@ -208,10 +210,21 @@ def cmd_lab(args) -> int:
     return subprocess.run(command, cwd=folder, env=dict(os.environ, **changed)).returncode
 
 
+@contextlib.contextmanager
+def users_input(what: str):
+    """A call on what the user gave (a file, a size): its ValueError or OSError is theirs to fix,
+    reported as a CourseError without a traceback."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise CourseError(f"{what}: {error}") from error
+
+
 def cmd_corpus(args) -> int:
     from .corpus import generate_corpus
-    text = generate_corpus(args.chars, seed=args.seed)
-    user_path(args, args.out).write_text(text, encoding="utf-8")
+    with users_input("corpus"):
+        text = generate_corpus(args.chars, seed=args.seed)
+        user_path(args, args.out).write_text(text, encoding="utf-8")
     print(f"wrote {len(text):,} characters to {args.out}")
     return 0
 
@@ -224,9 +237,10 @@ def cmd_train_tokenizer(args) -> int:
     if args.package:
         sys.path.insert(0, str(user_path(args, args.package).resolve()))
     tokenizer = importlib.import_module("llmcourse.tokenizer")
-    text = load_text(user_path(args, args.text)) if args.text else generate_corpus(args.chars, seed=args.seed)
-    trained = tokenizer.BPETokenizer.train(text, args.vocab_size, special_tokens=args.special)
-    trained.save(user_path(args, args.out))
+    with users_input("train-tokenizer"):
+        text = load_text(user_path(args, args.text)) if args.text else generate_corpus(args.chars, seed=args.seed)
+        trained = tokenizer.BPETokenizer.train(text, args.vocab_size, special_tokens=args.special)
+        trained.save(user_path(args, args.out))
     print(f"trained on {len(text):,} characters: {trained.vocab_size} tokens, saved to {args.out}")
     if args.hf_json:
         trained.to_hf_json(user_path(args, args.hf_json))
@@ -260,6 +274,10 @@ def cmd_grade(args) -> int:
     report = grade_class(root, chapter, submissions, limits_from_args(args), jobs=args.jobs,
                          feedback=not args.no_feedback)
     print_report(report)
+    if report.failed_steps:
+        print(f"\n{len(report.failed_steps)} nbgrader step(s) failed: the gradebook, feedback or grades.csv may be "
+              "incomplete; see the logs above")
+        return 1
     return 0
 
 
@@ -335,6 +353,8 @@ def cmd_help(args) -> int:
 def add_limit_options(parser: argparse.ArgumentParser) -> None:
     """The limits a notebook runs under (grading.limits_from_args reads them)."""
     parser.add_argument("--timeout", type=float, help="seconds per cell (default 120)")
+    parser.add_argument("--total-timeout", type=float,
+                        help="seconds for a whole notebook; the cells after it score zero (default 1800)")
     parser.add_argument("--memory-gb", type=float, help="memory limit of each kernel in GiB (default 8)")
     parser.add_argument("--unisolated", action="store_true",
                         help="run kernels without the bubblewrap sandbox (grade refuses to otherwise when bwrap is "
@@ -438,8 +458,8 @@ def main(argv=None) -> int:
     args.cwd = cwd
     try:
         return args.run(args)
-    except (ExportError, FileNotFoundError, KeyError, ValueError, RuntimeError) as error:
-        message = error.args[0] if isinstance(error, KeyError) else str(error)
+    except CourseError as error:  # a mistake in how the command was used; anything else is a bug: traceback
+        message = str(error)
         if isinstance(error, ExportError):
             from .places import describe_export_error
             message = describe_export_error(error)

@@ -22,6 +22,7 @@ from pathlib import Path
 import nbformat
 
 from .chapters import CHAPTERS, Chapter, module_owner
+from .errors import CourseError
 
 PACKAGE = "llmcourse"
 DIRECTIVE = re.compile(r"^#\|\s*export\b(.*)$")
@@ -47,7 +48,7 @@ ALLOWED_DECORATORS = frozenset({
 FORBIDDEN_NODES = (ast.Lambda, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)
 
 
-class ExportError(ValueError):
+class ExportError(CourseError, ValueError):
     """A notebook cannot be exported; the message names the notebook, cell and line."""
 
     def __init__(self, notebook, cell: int | None, line: int | None, message: str):
@@ -57,7 +58,7 @@ class ExportError(ValueError):
         if line is not None:
             where += f", line {line}"
         super().__init__(f"{where}: {message}")
-        self.notebook, self.cell, self.line = notebook, cell, line
+        self.notebook, self.cell, self.line, self.reason = notebook, cell, line, message
 
 
 @dataclass
@@ -92,30 +93,41 @@ def export_cells(path: Path) -> list[ExportCell]:
     notebook = read_notebook(path)
     cells = []
     for index, cell in enumerate(notebook.cells, start=1):
-        if cell.cell_type != "code":
-            continue
-        source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
-        first, _, rest = source.partition("\n")
-        match = DIRECTIVE.match(first.strip())
-        if not match:
-            continue
-        module = match.group(1).strip()
-        if not MODULE_NAME.match(module):
-            raise ExportError(path, index, 1,
-                              f"'#| export' needs a module name like 'tokenizer' or 'models/gpt', got {module!r}")
-        # Marker lines are dropped, not blanked, so the module reads as if written by hand; a
-        # cell's line numbers in errors then count from the code without them.
-        kept = [(number, line) for number, line in enumerate(rest.split("\n"), start=2)
-                if not NBGRADER_MARKERS.match(line)]
-        code = "\n".join(line for _, line in kept)
-        export = ExportCell(Path(path), index, module, code, [number for number, _ in kept])
-        try:
-            export.tree = ast.parse(code)
-        except SyntaxError as error:
-            raise export.error(error.lineno, f"syntax error: {error.msg}") from None
-        check_cell(export)
-        cells.append(export)
+        if cell.cell_type == "code":
+            source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
+            export = parse_export_cell(Path(path), index, source)
+            if export is not None:
+                cells.append(export)
     return cells
+
+
+def parse_export_cell(path: Path, index: int, source: str) -> ExportCell | None:
+    """The cell as an ExportCell, parsed and checked (ExportError if it breaks a rule), or None
+    when it is not an export cell."""
+    first, _, rest = source.partition("\n")
+    match = DIRECTIVE.match(first.strip())
+    if not match:
+        return None
+    module = match.group(1).strip()
+    if not MODULE_NAME.match(module):
+        raise ExportError(path, index, 1,
+                          f"'#| export' needs a module name like 'tokenizer' or 'models/gpt', got {module!r}")
+    # Marker lines are dropped, not blanked, so the module reads as if written by hand; a
+    # cell's line numbers in errors then count from the code without them.
+    kept = [(number, line) for number, line in enumerate(rest.split("\n"), start=2)
+            if not NBGRADER_MARKERS.match(line)]
+    code = "\n".join(line for _, line in kept)
+    export = ExportCell(path, index, module, code, [number for number, _ in kept])
+    try:
+        export.tree = ast.parse(code)
+    except SyntaxError as error:
+        raise export.error(error.lineno, f"syntax error: {error.msg}") from None
+    check_cell(export)
+    return export
+
+
+def is_export_cell(source: str) -> bool:
+    return bool(DIRECTIVE.match(source.partition("\n")[0].strip()))
 
 
 # --- what an export cell may contain ---------------------------------------------------------

@@ -39,6 +39,7 @@ import nbformat
 
 from . import isolation
 from .chapters import Chapter
+from .errors import CourseError
 from .nbgrader_tools import nbgrader
 from .places import describe_cell, section_of_each_cell
 from .runner import Limits, error_output, execute
@@ -200,9 +201,11 @@ def fail_exercise(notebook, grade_id: str, reason: str) -> None:
 
 
 def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limits, student: str = "me",
-                   extra_findings=()) -> SubmissionResult:
-    """Read, rebuild, execute and score one submission; never raises for anything in the file."""
-    source_nb, release_nb = sources(root, chapter)
+                   extra_findings=(), notebooks=None) -> SubmissionResult:
+    """Read, rebuild, execute and score one submission; never raises for anything in the file.
+
+    `notebooks`: (instructor notebook, released notebook) already read (a class reads them once)."""
+    source_nb, release_nb = notebooks if notebooks is not None else sources(root, chapter)
     result = SubmissionResult(student, chapter, findings=list(extra_findings))
     isolated = isolation.use_isolation(limits.isolation)  # raises when required and not available
     result.isolation = isolation.describe(isolated, limits.isolation)
@@ -216,7 +219,8 @@ def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limi
         return result
     stamp_positions(submitted)
     with PARSE_LOCK:  # CPython's ast module is not safe to use from several threads at once
-        notebook, findings = rebuild(source_nb, release_nb, submitted, own_modules=chapter.graded_modules)
+        notebook, findings = rebuild(source_nb, release_nb, submitted, own_modules=chapter.graded_modules,
+                                     run_own_cells=limits.run_own_cells)
         positions = learner_positions(source_nb, submitted, notebook)
     sections = section_of_each_cell(notebook)
 
@@ -310,7 +314,7 @@ def collect(submissions: Path, chapter: Chapter, scratch: Path) -> list[Collecte
     """
     submissions = Path(submissions)
     if not submissions.is_dir():
-        raise FileNotFoundError(f"{submissions} is not a folder of submissions")
+        raise CourseError(f"{submissions} is not a folder of submissions")
     expected = f"{chapter.notebook}.ipynb"
     folders: dict[str, list[Path]] = {}
     problems: dict[str, list[Finding]] = {}
@@ -323,13 +327,20 @@ def collect(submissions: Path, chapter: Chapter, scratch: Path) -> list[Collecte
         shutil.copy2(file, place / (match["name"] if match else file.name))
         folders.setdefault(student, []).append(place)
 
-    def add_class(top: list[Path], found: list[Finding]) -> None:
+    archived: dict[str, list[tuple[Path, str]]] = {}  # student -> (folder, class archive) in class archives
+
+    def add_class(top: list[Path], found: list[Finding], archive: str) -> None:
         for item in top:
             if item.is_dir():
-                folders.setdefault(folder_student(item.name), []).append(item)
+                archived.setdefault(folder_student(item.name), []).append((item, archive))
                 problems.setdefault(folder_student(item.name), []).extend(found)
             elif item.suffix.lower() == ".ipynb":
-                add_flat(item)
+                match = LMS_FILE.match(item.name)
+                student = safe_student_id(match["student"]) if match else safe_student_id(item.stem)
+                place = scratch / "flat-archived" / archive / student
+                place.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(item, place / (match["name"] if match else item.name))
+                archived.setdefault(student, []).append((place, archive))
 
     for entry in sorted(submissions.iterdir()):
         if entry.is_dir():
@@ -340,15 +351,32 @@ def collect(submissions: Path, chapter: Chapter, scratch: Path) -> list[Collecte
             unpacked = scratch / "unzipped" / entry.stem
             found = extract_zip(entry, unpacked)
             top = sorted(unpacked.iterdir()) if unpacked.exists() else []
-            own = any(p.name in {chapter.assignment, expected} for p in top) or (
-                len([p for p in top if p.suffix.lower() == ".ipynb"]) == 1 and not any(p.is_dir() for p in top)
-                and not LMS_FILE.match(top[0].name))
-            if top and not own:  # an archive of the whole class
-                add_class(top, found)
-            else:  # one student's archive
+            entries = [p for p in top if p.is_dir() or p.suffix.lower() == ".ipynb"]
+            from_lms = any(LMS_FOLDER_SUFFIX.search(p.name) if p.is_dir() else LMS_FILE.match(p.name) for p in entries)
+            own = not from_lms and (len(entries) <= 1 or any(p.name in {chapter.assignment, expected} for p in top))
+            if not own:  # an archive of the whole class: a folder or LMS file per student
+                add_class(top, found, entry.name)
+            else:  # one student's archive: whatever it holds is that student's
                 student = safe_student_id(entry.stem)
                 folders.setdefault(student, []).append(unpacked)
                 problems.setdefault(student, []).extend(found)
+                named = [p.name for p in entries if p.is_dir() and p.name not in {chapter.assignment, expected}
+                         and folder_student(p.name) != student]
+                if named:
+                    problems[student].append(Finding("archive", f"{entry.name} holds a folder named {named[0]!r}; "
+                                                                f"a student's zip holds only their own work, so it "
+                                                                f"was graded as {student}'s"))
+    for student, places in archived.items():  # never in place of a student's own submission
+        archives = sorted({archive for _, archive in places})
+        if student in folders:
+            problems.setdefault(student, []).append(Finding(
+                "archive", f"the class archive {', '.join(archives)} also holds work for {student}; it was ignored "
+                           "in favour of the submission in its own folder or file"))
+            continue
+        folders[student] = [place for place, _ in places]
+        if len(archives) > 1:
+            problems.setdefault(student, []).append(Finding(
+                "archive", f"several class archives hold work for {student} ({', '.join(archives)})"))
     collected = []
     for student, places in sorted(folders.items()):
         findings = list(problems.get(student, []))
@@ -380,7 +408,7 @@ def exclusive(lock_path: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"another `grade` is running in this course folder ({lock_path}); "
+            raise CourseError(f"another `grade` is running in this course folder ({lock_path}); "
                                "wait for it to finish") from None
         try:
             yield
@@ -413,21 +441,8 @@ def ensure_assignment(root: Path, chapter: Chapter) -> None:
     result = nbgrader(["generate_assignment", chapter.assignment, "--force",
                        f"--CourseDirectory.release_directory={release}"], cwd=Path(root))
     if result.returncode != 0:
-        raise RuntimeError(f"nbgrader generate_assignment {chapter.assignment} failed:\n"
+        raise CourseError(f"nbgrader generate_assignment {chapter.assignment} failed:\n"
                            f"{result.stdout}\n{result.stderr}")
-
-
-def record_grades(root: Path, chapter: Chapter, executed_dir: Path, students: list[str]) -> str:
-    """One nbgrader autograde, execution off, over the executed notebooks: the only gradebook writer."""
-    with open_gradebook(root) as gradebook:
-        for student in students:
-            gradebook.update_or_create_student(student)
-    if not any(executed_dir.glob(f"*/{chapter.assignment}/*.ipynb")):
-        return ""
-    result = nbgrader(["autograde", chapter.assignment, "--create", "--force",
-                       f"--CourseDirectory.submitted_directory={executed_dir}",
-                       "--ClearOutput.enabled=False", "--Execute.enabled=False"], cwd=Path(root))
-    return result.stdout + result.stderr
 
 
 def gradebook_scores(root: Path, chapter: Chapter, students) -> dict[str, float | None]:
@@ -444,6 +459,16 @@ def gradebook_scores(root: Path, chapter: Chapter, students) -> dict[str, float 
 
 
 @dataclass
+class Step:
+    """One nbgrader command the grader ran, with its log."""
+
+    name: str
+    ok: bool
+    log: Path
+    detail: str = ""
+
+
+@dataclass
 class ClassReport:
     chapter: Chapter
     results: list[SubmissionResult]
@@ -451,6 +476,11 @@ class ClassReport:
     summary_path: Path
     log: str = ""
     isolation: str = ""  # how the kernels ran (isolation.describe)
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def failed_steps(self) -> list[Step]:
+        return [step for step in self.steps if not step.ok]
 
     def review(self) -> list[tuple[str, str]]:
         items = [(r.student, message) for r in self.results for message in r.needs_review]
@@ -461,73 +491,154 @@ class ClassReport:
         return items
 
 
+NBGRADER_ERROR = re.compile(r"^\[\w+App \| (ERROR|CRITICAL)\]", re.M)
+
+
+def nbgrader_step(root: Path, work: Path, name: str, args: list[str]) -> Step:
+    """Run one nbgrader command; its exit status and any ERROR line it logged decide `ok`, and
+    everything it printed goes to grading/<assignment>/nbgrader-<name>.log."""
+    log = work / f"nbgrader-{name}.log"
+    try:
+        result = nbgrader(args, cwd=root)
+        status, output = result.returncode, result.stdout + result.stderr
+    except Exception as error:  # noqa: BLE001 (nbgrader missing, a broken environment: reported, not raised)
+        status, output = None, f"{type(error).__name__}: {error}\n"
+    errors = [line for line in output.splitlines() if NBGRADER_ERROR.match(line)]
+    log.write_text(f"$ nbgrader {' '.join(args)}\nexit status: {status}\n\n{output}", encoding="utf-8")
+    ok = status == 0 and not errors
+    detail = "" if ok else (errors[0] if errors else f"exit status {status}")
+    return Step(name, ok, log, detail)
+
+
+def class_limits(limits: Limits, jobs: int) -> Limits:
+    """A class is graded isolated (or unisolated only when asked), the cores shared between kernels."""
+    if limits.isolation == isolation.AUTO:
+        limits = dataclasses.replace(limits, isolation=isolation.REQUIRED)
+    if limits.threads is None:
+        limits = dataclasses.replace(limits, threads=max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    return limits
+
+
+def stage_raw(root: Path, chapter: Chapter, collected: list[Collected]) -> None:
+    """Keep each raw submission where nbgrader expects it (submitted/<student>/<assignment>/)."""
+    for item in collected:
+        if item.path is None:
+            continue
+        try:
+            raw = Path(root) / "submitted" / item.student / chapter.assignment
+            raw.mkdir(parents=True, exist_ok=True)
+            target = raw / f"{chapter.notebook}.ipynb"
+            if target.is_symlink():
+                target.unlink()
+            shutil.copyfile(item.path, target)
+        except OSError as error:
+            item.findings.append(Finding("error", f"the raw submission could not be kept in submitted/: {error}"))
+
+
+def run_submissions(root: Path, chapter: Chapter, collected: list[Collected], limits: Limits, jobs: int,
+                    notebooks, progress=print) -> list[SubmissionResult]:
+    """Grade every collected submission, `jobs` at a time; one that breaks the grader scores zero
+    with the reason, and the others go on."""
+    def run(item: Collected) -> SubmissionResult:
+        try:
+            return grade_notebook(root, chapter, item.path, limits, item.student, item.findings, notebooks=notebooks)
+        except Exception as error:  # noqa: BLE001 (one submission must never stop the class)
+            result = SubmissionResult(item.student, chapter, findings=item.findings)
+            result.findings.append(Finding("error", f"the grader failed on this submission: "
+                                                    f"{type(error).__name__}: {error}"))
+            result.exercises = zero_results(notebooks[0], "not graded: the grader failed")
+            return result
+
+    results = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for result in pool.map(run, collected):
+            progress(f"  {result.student:<24} {result.score:>5g} / {result.max_score:<4g}"
+                     + ("  (needs a look)" if result.needs_review else ""))
+            results.append(result)
+    return results
+
+
+def write_executed(results: list[SubmissionResult], chapter: Chapter, executed_dir: Path, source_nb) -> None:
+    """Write each executed notebook, after every kernel has exited, into a folder made now: no
+    link a submission could have planted is followed, and one notebook that cannot be written
+    costs only its own student."""
+    if executed_dir.is_symlink() or executed_dir.is_file():
+        executed_dir.unlink()
+    elif executed_dir.exists():
+        shutil.rmtree(executed_dir)
+    executed_dir.mkdir(parents=True)
+    for result in results:
+        if result.executed is None:
+            continue
+        try:
+            folder = executed_dir / result.student / chapter.assignment
+            folder.mkdir(parents=True)
+            text = nbformat.writes(result.executed)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            handle = os.open(folder / f"{chapter.notebook}.ipynb", flags, 0o644)
+            with os.fdopen(handle, "w", encoding="utf-8") as sink:
+                sink.write(text)
+        except (OSError, ValueError) as error:
+            result.executed = None
+            result.exercises = zero_results(source_nb, "not recorded: the executed notebook could not be "
+                                                       f"written ({error})")
+            result.findings.append(Finding("error", f"the executed notebook could not be written: {error}"))
+
+
+def record(root: Path, chapter: Chapter, work: Path, executed_dir: Path, results: list[SubmissionResult],
+           feedback: bool) -> list[Step]:
+    """The grades into nbgrader's gradebook (its only writer), feedback, and the CSV export."""
+    with open_gradebook(root) as gradebook:
+        for result in results:
+            gradebook.update_or_create_student(result.student)
+    steps = []
+    if any(executed_dir.glob(f"*/{chapter.assignment}/*.ipynb")):
+        steps.append(nbgrader_step(root, work, "autograde", [
+            "autograde", chapter.assignment, "--create", "--force",
+            f"--CourseDirectory.submitted_directory={executed_dir}",
+            "--ClearOutput.enabled=False", "--Execute.enabled=False"]))
+        if feedback:
+            steps.append(nbgrader_step(root, work, "generate_feedback",
+                                       ["generate_feedback", chapter.assignment, "--force"]))
+    steps.append(nbgrader_step(root, work, "export", ["export", f"--to={work / 'grades.csv'}"]))
+    return steps
+
+
 def grade_class(root: Path, chapter: Chapter, submissions: Path, limits: Limits, jobs: int = 2,
                 feedback: bool = True, progress=print) -> ClassReport:
-    """Grade every submission in `submissions` for `chapter`; see the module docstring."""
+    """Grade every submission in `submissions` for `chapter`, in stages: collect, stage the raw
+    files, run each isolated, write the executed notebooks, record with nbgrader, report."""
     root = Path(root)
     if not Path(submissions).is_dir():
-        raise FileNotFoundError(f"{submissions} is not a folder; give the folder that holds one folder (or zip "
-                                "file) per student")
-    work = root / GRADING_DIR / chapter.assignment
-    if limits.isolation == isolation.AUTO:  # a class is graded isolated, or unisolated only when asked
-        limits = dataclasses.replace(limits, isolation=isolation.REQUIRED)
+        raise CourseError(f"{submissions} is not a folder; give the folder that holds one folder (or zip "
+                          "file) per student")
+    limits = class_limits(limits, jobs)
     isolated = isolation.use_isolation(limits.isolation)  # refuse before touching anything
-    if limits.threads is None:  # share the cores between the kernels running at once
-        limits = dataclasses.replace(limits, threads=max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    work = root / GRADING_DIR / chapter.assignment
     with exclusive(root / GRADING_DIR / ".lock"):
         if work.exists():
             shutil.rmtree(work)
-        executed_dir = work / "executed"
-        executed_dir.mkdir(parents=True)
+        work.mkdir(parents=True)
         ensure_assignment(root, chapter)
+        notebooks = sources(root, chapter)  # read once: nothing a submission does can take them away
         collected = collect(submissions, chapter, work)
-        # keep the raw submissions where nbgrader expects them
-        for item in collected:
-            if item.path is not None:
-                raw = root / "submitted" / item.student / chapter.assignment
-                raw.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(item.path, raw / f"{chapter.notebook}.ipynb")
+        stage_raw(root, chapter, collected)
         gradebook = root / "gradebook.db"
         before = file_digest(gradebook)
         backup = work / "gradebook.before.db"
         shutil.copy2(gradebook, backup)
-
-        def run(item: Collected) -> SubmissionResult:
-            try:
-                return grade_notebook(root, chapter, item.path, limits, item.student, item.findings)
-            except Exception as error:  # noqa: BLE001 (one submission must never stop the class)
-                source_nb, _ = sources(root, chapter)
-                result = SubmissionResult(item.student, chapter, findings=item.findings)
-                result.findings.append(Finding("error", f"the grader failed on this submission: "
-                                                        f"{type(error).__name__}: {error}"))
-                result.exercises = zero_results(source_nb, "not graded: the grader failed")
-                return result
-
-        results = []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for result in pool.map(run, collected):
-                progress(f"  {result.student:<24} {result.score:>5g} / {result.max_score:<4g}"
-                         + ("  (needs a look)" if result.needs_review else ""))
-                results.append(result)
+        results = run_submissions(root, chapter, collected, limits, jobs, notebooks, progress)
         if file_digest(gradebook) != before:  # nothing may write the gradebook while submissions run
             shutil.copy2(backup, gradebook)
             for result in results:
                 result.findings.append(Finding("integrity", "the gradebook changed while submissions ran; "
                                                             "it was restored from the copy taken before"))
-        for result in results:
-            if result.executed is not None:
-                target = executed_dir / result.student / chapter.assignment / f"{chapter.notebook}.ipynb"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                nbformat.write(result.executed, str(target))
-        log = record_grades(root, chapter, executed_dir, [r.student for r in results])
-        if feedback and any(r.executed is not None for r in results):
-            done = nbgrader(["generate_feedback", chapter.assignment, "--force"], cwd=root)
-            log += done.stdout + done.stderr
-        exported = nbgrader(["export", f"--to={work / 'grades.csv'}"], cwd=root)  # every chapter, every student
-        log += exported.stdout + exported.stderr
+        write_executed(results, chapter, work / "executed", notebooks[0])
+        steps = record(root, chapter, work, work / "executed", results, feedback)
         recorded = gradebook_scores(root, chapter, [r.student for r in results])
+        log = "".join(step.log.read_text(encoding="utf-8") for step in steps if step.log.exists())
         report = ClassReport(chapter, results, recorded, work / "summary.csv", log,
-                             isolation.describe(isolated, limits.isolation))
+                             isolation.describe(isolated, limits.isolation), steps)
         write_summary(report)
         return report
 
@@ -556,6 +667,9 @@ def print_report(report: ClassReport, out=print) -> None:
             out(f"  {student}: {message}")
     out(f"\nsummary: {report.summary_path}")
     out(f"grades of every chapter (nbgrader export): {report.summary_path.with_name('grades.csv')}")
+    for step in report.steps:
+        state = "ok" if step.ok else f"FAILED ({step.detail})"
+        out(f"nbgrader {step.name}: {state}; log: {step.log}")
 
 
 def limits_from_args(args) -> Limits:
@@ -563,6 +677,8 @@ def limits_from_args(args) -> Limits:
     limits = Limits()
     if getattr(args, "timeout", None):
         limits.cell_timeout = float(args.timeout)
+    if getattr(args, "total_timeout", None):
+        limits.total_timeout = float(args.total_timeout)
     if getattr(args, "memory_gb", None):
         limits.memory_bytes = int(float(args.memory_gb) * 2**30)
     if getattr(args, "unisolated", False) or os.environ.get(isolation.UNISOLATED_ENV) == "1":

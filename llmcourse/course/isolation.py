@@ -38,6 +38,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import CourseError
+
 BWRAP = "bwrap"
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `sudo apt-get install bubblewrap`; Fedora: `sudo dnf install "
                 "bubblewrap`)")
@@ -62,7 +64,7 @@ ENVIRONMENT_PROBE = ("import json, sys, importlib.util; spec = importlib.util.fi
                      "sys.base_exec_prefix}), 'path': sys.path, 'package': list(spec.submodule_search_locations)}))")
 
 
-class IsolationError(RuntimeError):
+class IsolationError(CourseError, RuntimeError):
     """The operating-system sandbox is needed but cannot be used; the message says why and what to do."""
 
 
@@ -287,7 +289,7 @@ def unavailable() -> str | None:
 def use_isolation(mode: str) -> bool:
     """Whether to run kernels in the sandbox for `mode` (AUTO, REQUIRED or OFF); REQUIRED raises without it."""
     if mode not in MODES:
-        raise ValueError(f"isolation must be one of {', '.join(MODES)}, not {mode!r}")
+        raise CourseError(f"isolation must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == OFF:
         return False
     reason = unavailable()

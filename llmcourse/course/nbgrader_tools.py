@@ -18,6 +18,7 @@ from pathlib import Path
 import nbformat
 
 from .chapters import CHAPTERS, Chapter
+from .errors import CourseError
 
 GENERATED_NOTE = (
     "Generated from {source} by `./course generate` (nbgrader generate_assignment). "
@@ -29,7 +30,7 @@ def repo_root() -> Path:
     """The course repository this package was installed from (holds solutions/)."""
     here = Path(__file__).resolve().parents[2]
     if not (here / "nbgrader_config.py").exists():
-        raise FileNotFoundError(f"{here} has no nbgrader_config.py: run this from a clone of the course repository")
+        raise CourseError(f"{here} has no nbgrader_config.py: run this from a clone of the course repository")
     return here
 
 
@@ -56,7 +57,7 @@ def generate(root: Path, chapter: Chapter, course: Path) -> Path:
     result = nbgrader(["generate_assignment", chapter.assignment, "--force"], cwd=course)
     generated = course / "exercises" / chapter.assignment / f"{chapter.notebook}.ipynb"
     if result.returncode != 0 or not generated.exists():
-        raise RuntimeError(f"nbgrader generate_assignment {chapter.assignment} failed:\n"
+        raise CourseError(f"nbgrader generate_assignment {chapter.assignment} failed:\n"
                            f"{result.stdout}\n{result.stderr}")
     notebook = nbformat.read(str(generated), as_version=4)
     source = chapter.solution_path(course).relative_to(course).as_posix()

@@ -13,10 +13,14 @@ results, the rest score zero.
 """
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import math
 import subprocess
+import symtable
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from . import isolation
 from .isolation import PrivateFolders
 from .sandbox import INTEGRITY_MARKER, POLICY_ENV, REFUSED
+from .submission import is_grade_cell, runs
 
 KERNEL_NAME = "llmcourse-sandbox"
 GIB = 2**30
@@ -43,6 +48,7 @@ class Limits:
     """What one submission may use. Memory and processes are per kernel."""
 
     cell_timeout: float = 120.0  # seconds per cell
+    total_timeout: float | None = 1800.0  # seconds for the whole notebook; the cells after it are not run
     memory_bytes: int | None = 8 * GIB  # address space of the kernel
     output_bytes: int = 200_000  # output kept per cell; the rest is dropped
     file_bytes: int = 256 * 2**20  # largest file the kernel may write
@@ -50,6 +56,7 @@ class Limits:
     allow_network: bool = False
     threads: int | None = None  # math-library threads per kernel (parallel grading: cores / jobs)
     isolation: str = isolation.AUTO  # AUTO: bubblewrap when it works; REQUIRED: or refuse; OFF: never
+    run_own_cells: bool = False  # run every learner cell as written, scratch and top-level code too (sandbox tests)
 
     def environment(self) -> dict[str, str]:
         """Variables for the kernel: bounded threads and malloc arenas keep memory use predictable."""
@@ -142,7 +149,7 @@ def execute(notebook, workdir: Path, limits: Limits, protected_paths=(), blocked
     from jupyter_client import AsyncKernelManager
     from jupyter_client.kernelspec import KernelSpecManager
 
-    code_cells = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
+    code_cells = [i for i, c in enumerate(notebook.cells) if runs(c)]
     policy = limits.policy(len(code_cells), protected_paths, blocked_modules)
     events: list[CellEvent] = []
     folders = PrivateFolders.create(work=workdir)
@@ -204,17 +211,102 @@ async def stop_kernel(client: LimitedClient, manager) -> None:
             await manager.cleanup_resources()
 
 
+GRADE_SCOPE = "_llmcourse_grade_cell"
+"""The function a grade cell's code runs in (see in_own_scope)."""
+
+
+def names_of(source: str) -> tuple[set[str], set[str]]:
+    """(names the code binds at its top level, names it reads from outside itself), by Python's
+    own symbol tables: a parameter or local of a function the code defines is neither."""
+    table = symtable.symtable(source, "<cell>", "exec")
+    bound = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
+    read = {s.get_name() for s in table.get_symbols() if s.is_referenced()}
+    stack = list(table.get_children())
+    while stack:
+        scope = stack.pop()
+        read |= {s.get_name() for s in scope.get_symbols() if s.is_global() and s.is_referenced()}
+        stack.extend(scope.get_children())
+    return bound, read - bound
+
+
+def own_scope_nodes(tree):
+    """The nodes of `tree` outside the functions and classes it defines."""
+    stack = list(ast.iter_child_nodes(tree))
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def in_own_scope(source: str, keep_global: set[str]) -> str:
+    """A grade cell's code as the body of a function that is called at once: what the test computes
+    (the expected values, the inputs) lives in that function's frame, not in the notebook's globals
+    where the learner's code could look it up. Names in `keep_global` that the cell binds stay
+    global (a later cell uses them). The code is the same statements (checked); a cell that cannot
+    be moved into a function (a star import, `global`) runs as written."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    if not tree.body or any(isinstance(n, (ast.Global, ast.Nonlocal, ast.Return, ast.Yield, ast.YieldFrom,
+                                            ast.Await))
+                            or (isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names))
+                            for n in own_scope_nodes(tree)):
+        return source
+    written = ast.dump(tree)
+    shared = sorted(names_of(source)[0] & keep_global)
+    body = ([ast.Global(names=shared)] if shared else []) + tree.body
+    arguments = ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[])
+    function = ast.FunctionDef(name=GRADE_SCOPE, args=arguments, body=body, decorator_list=[], returns=None,
+                               type_comment=None)
+    call = ast.Expr(ast.Call(ast.Name(GRADE_SCOPE, ast.Load()), [], []))
+    module = ast.fix_missing_locations(ast.Module(body=[function, call], type_ignores=[]))
+    text = ast.unparse(module) + "\n"
+    try:
+        moved = ast.parse(text).body[0].body[len(body) - len(tree.body):]
+        same = ast.dump(ast.Module(body=moved, type_ignores=[])) == written
+    except SyntaxError:
+        same = False
+    return text if same else source
+
+
+def grade_cell_sources(notebook, code_cells: list[int]) -> dict[int, str]:
+    """{index: the code to run} for each grade cell: its own scope (in_own_scope), keeping global
+    what a later cell reads from outside itself."""
+    needed_after: dict[int, set[str]] = {}
+    needed: set[str] = set()
+    for index in reversed(code_cells):
+        needed_after[index] = set(needed)
+        try:
+            needed |= names_of(notebook.cells[index].source)[1]
+        except SyntaxError:
+            pass
+    return {index: in_own_scope(notebook.cells[index].source, needed_after[index])
+            for index in code_cells if is_grade_cell(notebook.cells[index])}
+
+
 async def _run_cells(client: LimitedClient, notebook, code_cells, limits: Limits, events: list[CellEvent],
                      done: list[int]) -> None:
     stopped = None  # why the kernel is gone, once it is
+    scoped = grade_cell_sources(notebook, code_cells)
+    deadline = time.monotonic() + limits.total_timeout if limits.total_timeout else None
     for index in code_cells:
         cell = notebook.cells[index]
         done.append(index)
+        left = deadline - time.monotonic() if deadline is not None else None
+        if stopped is None and left is not None and left <= 0:
+            stopped = f"the notebook ran longer than its total limit of {limits.total_timeout:g} s"
+            await client.km.shutdown_kernel(now=True)
+            client.kernel_stopped = True
         if stopped is not None:
             cell.outputs = [error_output("NotRun", f"not run: {stopped}")]
             events.append(CellEvent(index, "not-run", stopped))
             continue
+        client.timeout = math.ceil(limits.cell_timeout if left is None else max(1.0, min(limits.cell_timeout, left)))
         client.current_cell = index
+        written = cell.source
+        cell.source = scoped.get(index, written)  # run in a scope of its own; the notebook keeps what was written
         try:
             await client.async_execute_cell(cell, index, store_history=True)
         except (DeadKernelError, CellTimeoutError, RuntimeError) as error:
@@ -223,8 +315,12 @@ async def _run_cells(client: LimitedClient, notebook, code_cells, limits: Limits
             events.append(CellEvent(index, "died", reason))
             stopped = f"the kernel died in an earlier cell (cell {index}: {reason})"
             continue
+        finally:
+            cell.source = written
         if index in client.timed_out:
-            message = f"this cell ran longer than the limit of {limits.cell_timeout:g} s and was interrupted"
+            message = f"this cell ran longer than the limit of {client.timeout:g} s and was interrupted"
+            if client.timeout < limits.cell_timeout:
+                message += f" (what was left of the notebook's total limit of {limits.total_timeout:g} s)"
             if not any(o.output_type == "error" and o.ename == "KeyboardInterrupt" for o in cell.outputs):
                 cell.outputs.append(error_output("CellTimeoutError", message))
             events.append(CellEvent(index, "timeout", message))

@@ -49,7 +49,13 @@ WATCHED = {
                      "tolist", "to", "detach", "double", "isnan", "isfinite", "where", "allclose", "equal"),
     "torch.nn.Module": ("__eq__", "__call__", "named_parameters", "parameters", "state_dict", "load_state_dict"),
     "numpy.ndarray": ("__eq__",),
+    "llmcourse.course.oracles": ("STAND_INS",),
+    "llmcourse.course.tokenizer_oracles": ("naive_learn_merges", "naive_pair_counts", "merge_by_string_replace"),
 }
+SHELL_LISTS = ("input_transformers_post", "input_transformers_cleanup", "ast_transformers")
+SHELL_METHODS = ("showtraceback", "showsyntaxerror", "run_cell", "run_cell_async", "transform_cell")
+"""The parts of the IPython shell that decide which code a cell runs and how its errors are
+reported: a notebook that changes them could skip or silence the tests."""
 MISSING = object()
 # Classes whose attributes a submission may not set (the tests compare through them).
 PROTECTED_CLASS_MODULES = ("builtins", "torch", "numpy", "llmcourse.course", "nbgrader", "IPython", "ipykernel",
@@ -190,18 +196,70 @@ def snapshot(prefix: str | None = None) -> dict:
     return saved
 
 
-class Watch:
-    """After each cell: put back any watched function a cell replaced, and say so in the output."""
+def defined_by_notebook(function) -> bool:
+    """Whether a callable was defined by the notebook's own code (not by a library or this module,
+    which runs as __main__ too)."""
+    function = getattr(function, "__func__", function)
+    code = getattr(function, "__code__", None)
+    if code is None:  # a callable object: its class's __call__
+        code = getattr(type(function).__dict__.get("__call__"), "__code__", None)
+    if code is None or code.co_filename == __file__:
+        return False
+    return "__main__" in (getattr(function, "__module__", None), type(function).__module__)
 
-    def __init__(self):
+
+class Watch:
+    """After each cell: put back any watched function, module or part of the shell a cell
+    replaced, and say so in the output."""
+
+    def __init__(self, shell=None):
         self.saved = snapshot()
+        self.modules = {path: sys.modules[path] for path in WATCHED if path in sys.modules}
+        self.shell = shell
+        self.shell_lists = {name: list(getattr(shell, name, [])) for name in SHELL_LISTS} if shell else {}
+        self.shell_methods = {name: shell.__dict__.get(name, MISSING) for name in SHELL_METHODS} if shell else {}
 
     def add(self, prefix: str) -> None:
         for key, value in snapshot(prefix).items():
             self.saved.setdefault(key, value)
+        for path in WATCHED:
+            if (path == prefix or path.startswith(prefix + ".")) and path in sys.modules:
+                self.modules.setdefault(path, sys.modules[path])
+
+    def shell_changes(self) -> list[str]:
+        """Put the shell's hooks back as they were; what had changed."""
+        shell, changed = self.shell, []
+        if shell is None:
+            return changed
+        for name, original in self.shell_lists.items():
+            now = getattr(shell, name, None)
+            if not isinstance(now, list) or now != original:
+                changed.append(f"the shell's {name}")
+                setattr(shell, name, list(original))
+        for name, original in self.shell_methods.items():
+            if shell.__dict__.get(name, MISSING) is not original:
+                changed.append(f"the shell's {name}")
+                if original is MISSING:
+                    shell.__dict__.pop(name, None)
+                else:
+                    shell.__dict__[name] = original
+        if getattr(shell, "custom_exceptions", ()) != ():
+            changed.append("the shell's custom exception handler")
+            shell.custom_exceptions = ()
+        for event, callbacks in getattr(getattr(shell, "events", None), "callbacks", {}).items():
+            planted = [c for c in callbacks if defined_by_notebook(c)]
+            for callback in planted:
+                callbacks.remove(callback)
+            if planted:
+                changed.append(f"the shell's {event} callbacks")
+        return changed
 
     def after_cell(self, result=None):
-        changed = []
+        changed = self.shell_changes()
+        for path, module in self.modules.items():
+            if sys.modules.get(path) is not module:
+                changed.append(f"sys.modules[{path!r}]")
+                sys.modules[path] = module
         for (path, name), original in list(self.saved.items()):
             owner = resolve(path)
             if owner is None or current(owner, name) is original:
@@ -251,7 +309,7 @@ class WatchImports:
 
 
 def install_watch(shell) -> None:
-    watch = Watch()
+    watch = Watch(shell)
     sys.meta_path.insert(0, WatchImports(watch))
     shell.events.register("post_run_cell", watch.after_cell)
 

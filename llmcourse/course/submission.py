@@ -5,8 +5,13 @@ the hidden tests): by nbgrader grade id, else by cell id, else (for a solution c
 metadata was stripped) by the names it defines. The notebook that is executed then has
 
 * every locked and grade cell exactly as the instructor wrote it (edited, deleted or emptied
-  ones are restored), in the released order;
+  ones are restored), in the released order; the course's other code cells as the instructor
+  wrote them too (a learner's edit to one is not run);
 * the learner's solution cells and own extra cells (each after the cell it followed);
+* of the learner's extra code cells, only `#| export` cells run: the grade depends on the
+  exercise cells, the export cells and the course's cells, never on scratch code the learner
+  left in the notebook (which could otherwise prepare the shell the tests run in). An exercise
+  or export cell that breaks the export rules (code that would run on import) does not run;
 * no learner cell that a static check finds tampering with the grading (assigning to library
   functions, touching `__builtins__`, importing this chapter's reference solution, naming the
   grader's files): such a cell is replaced by one that raises, and the exercise it belongs to
@@ -30,6 +35,19 @@ MAX_NOTEBOOK_BYTES = 64 * 2**20
 """Larger submissions are refused (a real exercise notebook is well under 1 MB)."""
 GRADING_PATHS = re.compile(r"gradebook|nbgrader_config|(^|[/\\])(solutions|submitted|autograded|feedback)[/\\]"
                            r"|[/\\](solutions|submitted|autograded|feedback)$")
+
+SHELL_NAMES = frozenset({"get_ipython", "__IPYTHON__"})
+SHELL_ATTRIBUTES = frozenset({"input_transformers_post", "input_transformers_cleanup", "ast_transformers",
+                              "showtraceback", "showsyntaxerror", "custom_exceptions", "set_custom_exc", "run_cell",
+                              "run_cell_async", "displayhook", "excepthook", "display_pub"})
+"""What reaches into the IPython shell that runs the tests (to hide their errors, or skip them)."""
+FRAME_ATTRIBUTES = frozenset({"_getframe", "currentframe", "getouterframes", "getinnerframes", "f_back", "f_globals",
+                              "f_locals", "f_builtins", "tb_frame", "gi_frame", "cr_frame", "get_referrers",
+                              "get_referents", "get_objects"})
+"""What reads the caller's frame or the heap (the expected values of a test, the grader's state)."""
+
+NOT_RUN_KEY = "llmcourse_not_run"
+"""Cell metadata: why the grader does not run this (learner's) cell; the runner skips it."""
 
 ORACLE_MODULES = ("oracles", "tokenizer_oracles")
 """Modules of llmcourse.course that hold the course's own answers (the stand-ins and oracles the
@@ -83,11 +101,13 @@ def load_submission(path: Path | None, expected_name: str):
     except json.JSONDecodeError as error:
         raise UnreadableSubmission(Finding("invalid", f"{Path(path).name} is not valid JSON (line {error.lineno}, "
                                                       f"column {error.colno}: {error.msg})")) from None
-    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+    old_format = isinstance(data, dict) and data.get("nbformat") == 3 and isinstance(data.get("worksheets"), list)
+    if not isinstance(data, dict) or not (isinstance(data.get("cells"), list) or old_format):
         raise UnreadableSubmission(Finding("invalid",
                                            f"{Path(path).name} is JSON but not a notebook (no list of cells)"))
+    data = without_lone_surrogates(data)[0]
     try:
-        notebook = nbformat.reads(raw.decode("utf-8"), as_version=4)
+        notebook = nbformat.reads(json.dumps(data), as_version=4)  # a version 3 notebook is upgraded
     except Exception as error:  # nbformat raises several kinds for malformed notebooks
         raise UnreadableSubmission(Finding("invalid",
                                            f"{Path(path).name} is not a readable notebook: {error}")) from None
@@ -100,6 +120,31 @@ def load_submission(path: Path | None, expected_name: str):
             cells.append(cell)
     notebook.cells = cells
     return notebook
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(data):
+    """(data with every unpaired UTF-16 surrogate in its strings replaced by U+FFFD, how many).
+
+    JSON may spell one ("\\ud800"), and Python reads it into a string no file can be written
+    with: the notebook would fail when the grader saves it."""
+    count = 0
+
+    def clean(value):
+        nonlocal count
+        if isinstance(value, str):
+            value, n = LONE_SURROGATE.subn("\ufffd", value)
+            count += n
+            return value
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return value
+
+    return clean(data), count
 
 
 def defined_names(source: str) -> frozenset[str]:
@@ -142,8 +187,10 @@ def match_cells(source_nb, submitted_nb):
     return matched, extra, how
 
 
-def rebuild(source_nb, release_nb, submitted_nb, own_modules=()) -> tuple[nbformat.NotebookNode, list[Finding]]:
-    """The notebook to execute: the source's locked and grade cells, the learner's own cells."""
+def rebuild(source_nb, release_nb, submitted_nb, own_modules=(),
+            run_own_cells: bool = False) -> tuple[nbformat.NotebookNode, list[Finding]]:
+    """The notebook to execute: the source's locked and grade cells, the learner's own cells
+    (those without '#| export' only with `run_own_cells`)."""
     findings: list[Finding] = []
     matched, extra, how = match_cells(source_nb, submitted_nb)
     release = {cell_key(c): c for c in release_nb.cells}
@@ -163,6 +210,7 @@ def rebuild(source_nb, release_nb, submitted_nb, own_modules=()) -> tuple[nbform
 
     cells = []
     learner_cells: list[int] = []  # positions in `cells` of code the learner wrote
+    export_solutions: set[int] = set()  # positions of solution cells that are export cells in the source
     for extra_index in followers.get(None, []):
         learner_cells.append(len(cells))
         cells.append(plain_copy(submitted_nb.cells[extra_index]))
@@ -181,6 +229,8 @@ def rebuild(source_nb, release_nb, submitted_nb, own_modules=()) -> tuple[nbform
                                         review=bool(meta.get("grade"))))
             cells.append(copy.deepcopy(source_cell))
         elif meta.get("solution"):
+            if source_cell.cell_type == "code" and export_directive(source_cell.source):
+                export_solutions.add(len(cells))
             cell = copy.deepcopy(source_cell)
             if submitted is None:
                 findings.append(Finding("restored", f"solution cell {key} is missing; its blank version was used",
@@ -191,13 +241,13 @@ def rebuild(source_nb, release_nb, submitted_nb, own_modules=()) -> tuple[nbform
                 learner_cells.append(len(cells))
             cells.append(cell)
         else:
+            cell = copy.deepcopy(source_cell)
             if submitted is not None and submitted.cell_type == source_cell.cell_type:
-                cell = copy.deepcopy(source_cell)
-                cell.source = submitted.source
-                if cell.cell_type == "code" and submitted.source != source_cell.source:
-                    learner_cells.append(len(cells))
-            else:
-                cell = copy.deepcopy(source_cell)
+                if cell.cell_type != "code":
+                    cell.source = submitted.source
+                elif submitted.source.strip() != source_cell.source.strip():
+                    findings.append(Finding("restored", f"course cell {key} was edited; the grader ran the "
+                                                        "course's version", review=False))
             cells.append(cell)
         for extra_index in followers.get(key, []):
             learner_cells.append(len(cells))
@@ -211,8 +261,61 @@ def rebuild(source_nb, release_nb, submitted_nb, own_modules=()) -> tuple[nbform
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     rebuilt.cells = cells
+    findings += plan_graded_run(rebuilt, learner_cells, run_own_cells, export_solutions)
     findings += neutralise_tampering(rebuilt, learner_cells, own_modules)
     return rebuilt, findings
+
+
+def runs(cell) -> bool:
+    """Whether the grader runs this cell (see NOT_RUN_KEY)."""
+    return cell.cell_type == "code" and NOT_RUN_KEY not in cell.get("metadata", {})
+
+
+def export_directive(source: str) -> bool:
+    from .export import is_export_cell
+
+    return is_export_cell(source)
+
+
+def plan_graded_run(notebook, learner_cells: list[int], run_own_cells: bool = False,
+                    export_solutions=frozenset()) -> list[Finding]:
+    """Mark the learner's cells that do not run: scratch cells (extra cells without `#| export`)
+    and export cells that break the export rules (an exercise cell that is an export cell in
+    the course is held to them whatever its first line now says)."""
+    from .export import ExportError, is_export_cell, parse_export_cell
+
+    if run_own_cells:  # every learner cell runs as written
+        return []
+    findings = []
+    scratch = 0
+    for index in learner_cells:
+        cell = notebook.cells[index]
+        if cell.cell_type != "code":
+            continue
+        solution = bool(nbgrader_meta(cell).get("solution"))
+        if not solution and not is_export_cell(cell.source):
+            if cell.source.strip():
+                cell.metadata[NOT_RUN_KEY] = "a cell of your own without '#| export': the grader does not run it"
+                scratch += 1
+            continue
+        source = cell.source
+        if index in export_solutions and not is_export_cell(source):
+            source = "#| export exercise\n" + source
+        try:
+            parse_export_cell(Path("notebook"), index + 1, source)
+        except ExportError as error:
+            if "syntax error" in error.reason:
+                continue  # it runs, and its SyntaxError says what is wrong
+            exercise = exercise_of(notebook, index)
+            message = f"an '#| export' cell was not run: line {error.line}: {error.reason}"
+            findings.append(Finding("rule", message, review=False, exercise=exercise))
+            cell.source = ("# The grader did not run this cell.\nclass ExportRuleError(Exception):\n    pass\n\n\n"
+                           f"raise ExportRuleError({message!r})\n")
+    if scratch:
+        findings.append(Finding("not-run", f"{scratch} cell(s) of your own without '#| export' were not run: a "
+                                           "grade depends only on the exercise cells, '#| export' cells and the "
+                                           "course's cells", review=False))
+    return findings
 
 
 def plain_copy(cell):
@@ -234,17 +337,18 @@ def exercise_of(notebook, index: int) -> str | None:
 
 
 def exercise_grade_ids(notebook, grade_id: str) -> list[str]:
-    """Every grade cell of the exercise whose first grade cell is `grade_id`: it and the grade cells
-    that follow it before the next solution cell (an exercise may give points per function)."""
-    ids, inside = [], False
+    """Every grade cell of the exercise `grade_id` is a grade cell of: the grade cells between one
+    solution cell and the next (an exercise may give points per function)."""
+    block: list[str] = []
     for cell in notebook.cells:
         meta = nbgrader_meta(cell)
-        if inside and meta.get("solution"):
-            break
-        if is_grade_cell(cell) and (inside or meta.get("grade_id") == grade_id):
-            inside = True
-            ids.append(meta.get("grade_id"))
-    return ids
+        if meta.get("solution"):
+            if grade_id in block:
+                break
+            block = []
+        if is_grade_cell(cell):
+            block.append(meta.get("grade_id"))
+    return block if grade_id in block else []
 
 
 def module_aliases(notebook) -> set[str]:
@@ -311,6 +415,13 @@ def tampering(source: str, aliases: set[str], own_modules=()) -> str | None:
         if isinstance(node, ast.Import) and any(a.name in own or a.name.startswith(tuple(m + "." for m in own))
                                                 for a in node.names):
             return "it imports the reference solution of this chapter"
+        if isinstance(node, ast.Name) and node.id in SHELL_NAMES or (
+                isinstance(node, ast.Attribute) and node.attr in SHELL_ATTRIBUTES):
+            return "it reaches into the IPython shell that runs the tests"
+        if isinstance(node, ast.Attribute) and node.attr in FRAME_ATTRIBUTES:
+            return f"it reads the interpreter's frames or heap ({node.attr}), where the tests keep their answers"
+        if isinstance(node, ast.Attribute) and node.attr == "modules" and root_name(node) == "sys":
+            return "it uses sys.modules, where the tests find their oracles"
         oracle = oracle_named(node)
         if oracle:
             return f"it uses the course's own answers ({oracle}), which grade the exercises"

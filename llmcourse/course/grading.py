@@ -29,7 +29,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import unicodedata
 import zipfile
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from .nbgrader_tools import nbgrader
 from .places import describe_cell, section_of_each_cell
 from .runner import Limits, error_output, execute
 from .submission import (
+    AST_LOCK,
     Finding,
     UnreadableSubmission,
     cell_key,
@@ -56,7 +56,6 @@ from .submission import (
     rebuild,
 )
 
-PARSE_LOCK = threading.Lock()
 GRADING_DIR = "grading"  # the batch grader's working folder (git-ignored)
 MESSAGE_LINES = 3
 MAX_ZIP_BYTES = 512 * 2**20
@@ -218,7 +217,7 @@ def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limi
         result.exercises = zero_results(source_nb, unreadable.finding.message)
         return result
     stamp_positions(submitted)
-    with PARSE_LOCK:  # CPython's ast module is not safe to use from several threads at once
+    with AST_LOCK:  # CPython's ast module is not safe to use from several threads at once
         notebook, findings = rebuild(source_nb, release_nb, submitted, own_modules=chapter.graded_modules,
                                      run_own_cells=limits.run_own_cells)
         positions = learner_positions(source_nb, submitted, notebook)

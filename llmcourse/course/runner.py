@@ -31,7 +31,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from . import isolation
 from .isolation import PrivateFolders
 from .sandbox import INTEGRITY_MARKER, POLICY_ENV, REFUSED
-from .submission import is_grade_cell, runs
+from .submission import AST_LOCK, is_grade_cell, runs
 
 KERNEL_NAME = "llmcourse-sandbox"
 GIB = 2**30
@@ -289,7 +289,8 @@ def grade_cell_sources(notebook, code_cells: list[int]) -> dict[int, str]:
 async def _run_cells(client: LimitedClient, notebook, code_cells, limits: Limits, events: list[CellEvent],
                      done: list[int]) -> None:
     stopped = None  # why the kernel is gone, once it is
-    scoped = grade_cell_sources(notebook, code_cells)
+    with AST_LOCK:
+        scoped = grade_cell_sources(notebook, code_cells)
     deadline = time.monotonic() + limits.total_timeout if limits.total_timeout else None
     for index in code_cells:
         cell = notebook.cells[index]

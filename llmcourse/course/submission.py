@@ -26,6 +26,7 @@ import ast
 import copy
 import json
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,10 @@ FRAME_ATTRIBUTES = frozenset({"_getframe", "currentframe", "getouterframes", "ge
                               "f_locals", "f_builtins", "tb_frame", "gi_frame", "cr_frame", "get_referrers",
                               "get_referents", "get_objects"})
 """What reads the caller's frame or the heap (the expected values of a test, the grader's state)."""
+
+AST_LOCK = threading.Lock()
+"""CPython's ast and symtable modules are not safe to use from several threads at once (a class is
+graded in threads): every parse, unparse or symbol table of a submission's code holds this."""
 
 NOT_RUN_KEY = "llmcourse_not_run"
 """Cell metadata: why the grader does not run this (learner's) cell; the runner skips it."""

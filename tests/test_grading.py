@@ -970,6 +970,9 @@ def test_red_team_scores(red_team):
     """Each attack scores what its notebook earns without the attack; the victim and the control as expected."""
     results = red_team["results"]
     assert set(results) == set(red_team["cases"]), sorted(results)
+    print("\nred team: case, expected, got")  # shown with -s
+    for student, (_, total, _, _) in red_team["cases"].items():
+        print(f"  {student:<30} {total:>5g} {results[student].score:>5g}")
     for student, (_, total, zero, reason) in red_team["cases"].items():
         expect(results, student, total, zero=zero, reason=reason)
 
@@ -1150,3 +1153,55 @@ def test_a_grade_cells_expected_values_are_out_of_the_learners_reach(root, tmp_p
     got = scores(result)
     assert got["ex3-tests"] == 0, got
     assert result.score == 12 - 1, got
+
+
+def rebuilt(root, notebook):
+    """The notebook the grader would run for `notebook` (chapter 1), and its findings: no kernel."""
+    from llmcourse.course.submission import rebuild
+
+    source_nb, release_nb = grading.sources(root, CH1)
+    return rebuild(source_nb, release_nb, notebook, own_modules=CH1.graded_modules)
+
+
+def test_rebuild_runs_the_course_cells_as_written_and_not_the_scratch_cells(root):
+    from llmcourse.course.submission import runs
+
+    notebook = completed(root, CH1)
+    course_cell = next(c for c in notebook.cells if c.get("id") == "char-tokenizer")  # a course cell, unlocked
+    course_cell.source += "\nprint('edited by the learner')\n"
+    insert_after(notebook, "ex1-byte-tokenizer", "x = 1  # scratch")
+    insert_after(notebook, "ex2-pairs-merge", "#| export tokenizer\ndef helper():\n    return 1")
+    ran, findings = rebuilt(root, notebook)
+    by_source = {c.source: c for c in ran.cells if c.cell_type == "code"}
+    assert "edited by the learner" not in " ".join(by_source), "a learner's edit to a course cell was kept"
+    assert any(f.kind == "restored" and "char-tokenizer" in f.message for f in findings), findings
+    assert not runs(by_source["x = 1  # scratch"])
+    assert runs(by_source["#| export tokenizer\ndef helper():\n    return 1"])
+    assert any(f.kind == "not-run" and "1 cell" in f.message for f in findings), findings
+    assert all(runs(c) for c in ran.cells if c.cell_type == "code" and c.metadata.get("nbgrader"))
+
+
+@pytest.mark.parametrize("code", ["print('runs on import')", "ByteTokenizer.encode = None"])
+def test_rebuild_does_not_run_an_exercise_cell_that_breaks_the_export_rules(root, code):
+    notebook = completed(root, CH1)
+    solution = cell(notebook, "ex1-byte-tokenizer")
+    for where in ("after", "before the directive"):
+        solution.source = (solution.source + "\n" + code) if where == "after" else code + "\n" + solution.source
+        ran, findings = rebuilt(root, notebook)
+        source = next(c.source for c in ran.cells if c.get("id") == "ex1-byte-tokenizer")
+        assert source.startswith("# The grader did not run this cell."), (where, source[:200])
+        assert any(f.kind == "rule" and f.exercise == "ex1-tests" for f in findings), (where, findings)
+        solution.source = cell(completed(root, CH1), "ex1-byte-tokenizer").source
+
+
+def test_rebuild_with_every_cell_run_as_written(root):
+    """run_own_cells (the sandbox's tests) keeps the learner's code as it is."""
+    from llmcourse.course.submission import rebuild, runs
+
+    notebook = completed(root, CH1)
+    prepend(notebook, "ex1-byte-tokenizer", "print('top level')")
+    insert_after(notebook, "ex1-byte-tokenizer", "x = 1  # scratch")
+    source_nb, release_nb = grading.sources(root, CH1)
+    ran, findings = rebuild(source_nb, release_nb, notebook, own_modules=CH1.graded_modules, run_own_cells=True)
+    assert all(runs(c) for c in ran.cells if c.cell_type == "code")
+    assert not [f for f in findings if f.kind in {"rule", "not-run"}], findings

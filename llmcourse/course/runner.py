@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import math
 import subprocess
@@ -196,8 +197,9 @@ async def stop_kernel(client: LimitedClient, manager) -> None:
     and remove its connection file and sockets."""
     try:
         if manager.has_kernel and not client.kernel_stopped:
-            alive = await manager.is_alive()
-            await manager.shutdown_kernel(now=not alive)  # a finished kernel exits; a dead one is cleaned up
+            # Killed, not asked: its results are in, and a polite shutdown costs half a second a
+            # submission. With bubblewrap the whole namespace goes with it.
+            await manager.shutdown_kernel(now=True)
             client.kernel_stopped = True
     finally:
         if client.kc is not None:
@@ -215,9 +217,11 @@ GRADE_SCOPE = "_llmcourse_grade_cell"
 """The function a grade cell's code runs in (see in_own_scope)."""
 
 
-def names_of(source: str) -> tuple[set[str], set[str]]:
+@functools.lru_cache(maxsize=4096)
+def names_of(source: str) -> tuple[frozenset[str], frozenset[str]]:
     """(names the code binds at its top level, names it reads from outside itself), by Python's
-    own symbol tables: a parameter or local of a function the code defines is neither."""
+    own symbol tables: a parameter or local of a function the code defines is neither. Cached:
+    a class's notebooks share most of their cells."""
     table = symtable.symtable(source, "<cell>", "exec")
     bound = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
     read = {s.get_name() for s in table.get_symbols() if s.is_referenced()}
@@ -226,7 +230,7 @@ def names_of(source: str) -> tuple[set[str], set[str]]:
         scope = stack.pop()
         read |= {s.get_name() for s in scope.get_symbols() if s.is_global() and s.is_referenced()}
         stack.extend(scope.get_children())
-    return bound, read - bound
+    return frozenset(bound), frozenset(read - bound)
 
 
 def own_scope_nodes(tree):
@@ -240,11 +244,22 @@ def own_scope_nodes(tree):
 
 
 def in_own_scope(source: str, keep_global: set[str]) -> str:
+    """`source` in a scope of its own (see scoped); `keep_global`: the names later cells read."""
+    try:
+        shared = names_of(source)[0] & keep_global
+    except SyntaxError:
+        return source
+    return scoped(source, frozenset(shared))
+
+
+@functools.lru_cache(maxsize=1024)
+def scoped(source: str, shared: frozenset[str]) -> str:
     """A grade cell's code as the body of a function that is called at once: what the test computes
     (the expected values, the inputs) lives in that function's frame, not in the notebook's globals
-    where the learner's code could look it up. Names in `keep_global` that the cell binds stay
-    global (a later cell uses them). The code is the same statements (checked); a cell that cannot
-    be moved into a function (a star import, `global`) runs as written."""
+    where the learner's code could look it up. The names in `shared` (the cell binds them, a later
+    cell reads them) stay global. The code is the same statements (checked); a cell that cannot be
+    moved into a function (a star import, `global`) runs as written. Cached: every submission of
+    a class has the same grade cells."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -255,8 +270,7 @@ def in_own_scope(source: str, keep_global: set[str]) -> str:
                             for n in own_scope_nodes(tree)):
         return source
     written = ast.dump(tree)
-    shared = sorted(names_of(source)[0] & keep_global)
-    body = ([ast.Global(names=shared)] if shared else []) + tree.body
+    body = ([ast.Global(names=sorted(shared))] if shared else []) + tree.body
     arguments = ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[])
     function = ast.FunctionDef(name=GRADE_SCOPE, args=arguments, body=body, decorator_list=[], returns=None,
                                type_comment=None)

@@ -196,6 +196,8 @@ def rebuild(source_nb, release_nb, submitted_nb, own_modules=(),
             run_own_cells: bool = False) -> tuple[nbformat.NotebookNode, list[Finding]]:
     """The notebook to execute: the source's locked and grade cells, the learner's own cells
     (those without '#| export' only with `run_own_cells`)."""
+    from .export import is_export_cell  # export imports the chapters; this module stays below both
+
     findings: list[Finding] = []
     matched, extra, how = match_cells(source_nb, submitted_nb)
     release = {cell_key(c): c for c in release_nb.cells}
@@ -234,7 +236,7 @@ def rebuild(source_nb, release_nb, submitted_nb, own_modules=(),
                                         review=bool(meta.get("grade"))))
             cells.append(copy.deepcopy(source_cell))
         elif meta.get("solution"):
-            if source_cell.cell_type == "code" and export_directive(source_cell.source):
+            if source_cell.cell_type == "code" and is_export_cell(source_cell.source):
                 export_solutions.add(len(cells))
             cell = copy.deepcopy(source_cell)
             if submitted is None:
@@ -274,12 +276,6 @@ def rebuild(source_nb, release_nb, submitted_nb, own_modules=(),
 def runs(cell) -> bool:
     """Whether the grader runs this cell (see NOT_RUN_KEY)."""
     return cell.cell_type == "code" and NOT_RUN_KEY not in cell.get("metadata", {})
-
-
-def export_directive(source: str) -> bool:
-    from .export import is_export_cell
-
-    return is_export_cell(source)
 
 
 def plan_graded_run(notebook, learner_cells: list[int], run_own_cells: bool = False,

@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import nbformat
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,36 +24,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_grading import completed, course  # noqa: E402
 from llmcourse.course import grading  # noqa: E402
 from llmcourse.course.chapters import chapter_by_assignment  # noqa: E402
-from llmcourse.course.runner import Limits  # noqa: E402
-
-
-class Sampler:
-    def __init__(self, interval: float = 0.1):
-        self.interval, self.most, self.most_bytes = interval, 0, 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        me = psutil.Process()
-        while not self.stop.is_set():
-            count, resident = 0, 0
-            for child in me.children(recursive=True):
-                try:
-                    if child.name().startswith("python") and "llmcourse.course.sandbox" in child.cmdline():
-                        count += 1
-                        resident += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.most, self.most_bytes = max(self.most, count), max(self.most_bytes, resident)
-            self.stop.wait(self.interval)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self.stop.set()
-        self.thread.join()
+from llmcourse.course.runner import KernelPeaks, Limits  # noqa: E402
 
 
 def main() -> int:
@@ -74,7 +43,7 @@ def main() -> int:
             folder.mkdir(parents=True)
             nbformat.write(completed(chapter, number), str(folder / f"{chapter.notebook}.ipynb"))
         start = time.perf_counter()
-        with Sampler() as sampler:
+        with KernelPeaks() as sampler:
             report = grading.grade_class(target, chapter, submissions, Limits(), jobs=args.jobs, feedback=False,
                                          progress=lambda *_: None)
         seconds = time.perf_counter() - start

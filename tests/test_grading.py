@@ -28,7 +28,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from llmcourse.course import grading, isolation
+from llmcourse.course import grading, isolation, runner
 from llmcourse.course.chapters import chapter_by_assignment
 from llmcourse.course.runner import Limits
 from llmcourse.course.submission import is_grade_cell, nbgrader_meta
@@ -829,41 +829,7 @@ def tree_digest(folder: Path, skip=("__pycache__",)) -> dict[str, str]:
 
 
 def kernels_alive() -> int:
-    """Grading kernels (the Python processes, not bwrap) descending from this process."""
-    import psutil
-
-    count = 0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.name().startswith("python") and "llmcourse.course.sandbox" in child.cmdline():
-                count += 1
-        except psutil.Error:
-            pass
-    return count
-
-
-class KernelCounter:
-    """Polls the number of live kernels while a class is graded; `most` is the peak."""
-
-    def __init__(self, interval: float = 0.05):
-        import threading
-
-        self.most, self.interval = 0, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.watch, daemon=True)
-
-    def watch(self):
-        while not self.stop.is_set():
-            self.most = max(self.most, kernels_alive())
-            self.stop.wait(self.interval)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self.stop.set()
-        self.thread.join()
+    return len(runner.grading_kernels())
 
 
 def namespace_probe() -> None:
@@ -934,7 +900,7 @@ def red_team(bwrap, root, tmp_path_factory):
     saved = os.environ.get("HOME"), tempfile.tempdir
     os.environ["HOME"], tempfile.tempdir = str(home), str(private_tmp)
     try:
-        with KernelCounter() as counter:
+        with runner.KernelPeaks(interval=0.05) as counter:
             # the learner's own cells run too: the operating-system boundary must hold for code at the
             # top level of a notebook, not only for code the tests call
             limits = dataclasses.replace(LIMITS, isolation="required", run_own_cells=True)

@@ -399,3 +399,50 @@ def record_cell_findings(client: LimitedClient, cell, index: int, events: list[C
         for line in text.splitlines():
             if line.startswith(INTEGRITY_MARKER):
                 events.append(CellEvent(index, "integrity", line[len(INTEGRITY_MARKER):].strip()))
+
+
+def grading_kernels() -> list:
+    """The grading kernels (their Python processes, not bwrap) descending from this process."""
+    import psutil
+
+    kernels = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.name().startswith("python") and "llmcourse.course.sandbox" in child.cmdline():
+                kernels.append(child)
+        except psutil.Error:
+            pass
+    return kernels
+
+
+class KernelPeaks:
+    """While a class is graded, polls the grading kernels every `interval` seconds: `most` is the
+    largest number alive at once, `most_bytes` the largest resident memory they held together."""
+
+    def __init__(self, interval: float = 0.1):
+        import threading
+
+        self.interval, self.most, self.most_bytes = interval, 0, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+
+    def watch(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            kernels, resident = grading_kernels(), 0
+            for kernel in kernels:
+                try:
+                    resident += kernel.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.most, self.most_bytes = max(self.most, len(kernels)), max(self.most_bytes, resident)
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> KernelPeaks:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        self.thread.join()

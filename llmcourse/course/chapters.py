@@ -52,6 +52,15 @@ class Chapter:
         """The entry of `package_tests` that names the test function `test` (None if none does)."""
         return next((group for group in self.package_tests if test in group.tests), None)
 
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        """Its modules as Python names them: "models/bert" is llmcourse.models.bert."""
+        return tuple(f"llmcourse.{module.replace('/', '.')}" for module in self.modules)
+
+    @property
+    def graded_module_names(self) -> tuple[str, ...]:
+        return tuple(f"llmcourse.{module.replace('/', '.')}" for module in self.graded_modules)
+
     def solution_path(self, root: Path) -> Path:
         return Path(root) / "solutions" / self.assignment / f"{self.notebook}.ipynb"
 
@@ -138,6 +147,7 @@ TRANSFORMER_TESTS = (
     ExerciseTests(3, ("test_layers_take_the_dtype_they_are_given_and_rope_reaches_far_positions",), uses=(1, 2)),
     ExerciseTests(4, ("test_blocks_pass_is_causal_and_masks_on",), uses=(1, 2, 3, 6)),
 )
+VARIANTS_TESTS: tuple[ExerciseTests, ...] = ()
 
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(1, "01-tokenizers", "tokenizers", "Tokenizers", ("tokenizer",), ("test_tokenizer.py",),
@@ -148,6 +158,9 @@ CHAPTERS: tuple[Chapter, ...] = (
             given_modules=("config",), package_tests=ATTENTION_TESTS),
     Chapter(4, "04-transformer", "transformer", "The Transformer block and RoPE", ("transformer",),
             ("test_transformer.py",), package_tests=TRANSFORMER_TESTS),
+    Chapter(5, "05-variants", "variants", "BERT, T5 and GPT-2", ("models/weights", "models/bert", "models/t5",
+                                                                 "models/gpt2"),
+            ("test_variants.py",), given_modules=("models/weights",), package_tests=VARIANTS_TESTS),
 )
 
 

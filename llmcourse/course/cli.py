@@ -167,7 +167,7 @@ def cmd_check(args) -> int:
 def check_package(root: Path, chapter, path: Path, exercises):
     """The package phase of `check`: export the chapter, run its tests live, then the failures by exercise."""
     from . import check_report
-    modules = ", ".join(f"llmcourse.{m}" for m in chapter.modules)
+    modules = ", ".join(chapter.module_names)
     print(f"\n  package tests of your {modules} ({', '.join(chapter.test_files)}, in a separate process; "
           f"at most {package_tests.PACKAGE_TEST_TIMEOUT:g} s):", flush=True)
     report = package_tests.run_package_tests(

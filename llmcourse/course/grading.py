@@ -229,7 +229,7 @@ def grade_notebook(root: Path, chapter: Chapter, path: Path | None, limits: Limi
     result.findings += findings
     with tempfile.TemporaryDirectory(prefix="llmcourse-run-") as workdir:
         events = execute(notebook, Path(workdir), limits, protected_paths(root, chapter),
-                         blocked_modules=[f"llmcourse.{m}" for m in chapter.graded_modules], isolated=isolated)
+                         blocked_modules=list(chapter.graded_module_names), isolated=isolated)
     for event in events:
         exercise = exercise_of(notebook, event.index)
         if event.kind == "integrity" and "was not run because" in event.message:

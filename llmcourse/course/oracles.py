@@ -161,11 +161,73 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+# --- chapter 5: BERT, T5 and GPT-2 -------------------------------------------------------------------
+# transformers is the reference here: imported when a stand-in is first used, not with this module.
+
+
+def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool = True, num_buckets: int = 32,
+                             max_distance: int = 128) -> torch.Tensor:
+    """T5's bucket of each (key - query) offset, by transformers' own function."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    return T5Attention._relative_position_bucket(relative_position, bidirectional=bidirectional,
+                                                 num_buckets=num_buckets, max_distance=max_distance)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's bias table, read as transformers' T5Attention.compute_bias reads it: (1, heads, T, S)."""
+
+    def __init__(self, config, bidirectional: bool, device=None, dtype=None):
+        super().__init__()
+        self.bidirectional, self.num_buckets, self.max_distance = bidirectional, config.num_buckets, config.max_distance
+        self.relative_attention_bias = nn.Embedding(config.num_buckets, config.n_heads, device=device, dtype=dtype)
+
+    def forward(self, n_queries: int, n_keys: int) -> torch.Tensor:
+        device = self.relative_attention_bias.weight.device
+        offsets = torch.arange(n_keys, device=device)[None, :] - torch.arange(n_queries, device=device)[:, None]
+        buckets = relative_position_bucket(offsets, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]
+
+
+class GPT2(nn.Module):
+    """GPT-2 with its head, as transformers' GPT2LMHeadModel computes it, behind the course's interface:
+    GPT2(config) with a GPT2Config, forward(input_ids, attention_mask=None) -> logits."""
+
+    def __init__(self, config, device=None, dtype=None):
+        super().__init__()
+        import transformers
+
+        if config.head_dim * config.n_heads != config.d_model:
+            raise ValueError("the GPT2 stand-in needs head_dim * n_heads == d_model")
+        activation = {"gelu_tanh": "gelu_new", "gelu": "gelu"}[config.activation]
+        hf_config = transformers.GPT2Config(vocab_size=config.vocab_size, n_positions=config.max_seq_len,
+                                            n_embd=config.d_model, n_layer=config.n_layers, n_head=config.n_heads,
+                                            n_inner=config.d_ff, activation_function=activation,
+                                            resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+                                            attn_pdrop=config.dropout, layer_norm_epsilon=config.norm_eps,
+                                            bos_token_id=0, eos_token_id=0)
+        self.config = config
+        self.model = transformers.GPT2LMHeadModel(hf_config).to(device=device, dtype=dtype)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if input_ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"{input_ids.shape[1]} tokens, but this GPT-2 has {self.config.max_seq_len} positions")
+        return self.model(input_ids, attention_mask=attention_mask).logits
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of position t's logits against labels[t + 1], -100 not counted."""
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
 STAND_INS = {
     "get_pair_counts": get_pair_counts,
     "merge": tokenizer_oracles.merge_by_string_replace,
     **{f.__name__: f for f in (normalize_rows, cosine_similarity_matrix, causal_mask, padding_mask, attention_weights,
                                scaled_dot_product_attention, split_heads, merge_heads, repeat_kv, RMSNorm, SwiGLU,
-                               rope_inv_freq, rotate_half, apply_rope)},
+                               rope_inv_freq, rotate_half, apply_rope, relative_position_bucket,
+                               RelativePositionBias, GPT2, causal_lm_loss)},
 }
 """name in a notebook -> the stand-in a grade cell may put in its place (checks.on_its_own)."""

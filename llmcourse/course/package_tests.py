@@ -62,8 +62,14 @@ def build_package(root: Path, chapter, notebook: Path, out: Path) -> Path:
     package = export_package([notebook], out)
     for other in CHAPTERS:
         for module in other.modules:
-            if other is not chapter and not (package / f"{module}.py").exists():
-                shutil.copy2(root / "llmcourse" / f"{module}.py", package / f"{module}.py")
+            target = package / f"{module}.py"
+            if other is not chapter and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                for folder in target.relative_to(package).parents:  # a subpackage needs its __init__.py
+                    init = package / folder / "__init__.py"
+                    if not init.exists():
+                        shutil.copy2(root / "llmcourse" / folder / "__init__.py", init)
+                shutil.copy2(root / "llmcourse" / f"{module}.py", target)
     return package
 
 

@@ -389,7 +389,7 @@ def tampering(source: str, aliases: set[str], own_modules=()) -> str | None:
         tree = ast.parse(source)
     except SyntaxError:
         return None  # it will fail to run, and score what it scores
-    own = {f"llmcourse.{m}" for m in own_modules}
+    own = {f"llmcourse.{m.replace('/', '.')}" for m in own_modules}
     docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
     for node in ast.walk(tree):
         targets = []
@@ -411,7 +411,7 @@ def tampering(source: str, aliases: set[str], own_modules=()) -> str | None:
             return f"it uses sys.{node.attr}, which changes how the grader runs"
         if isinstance(node, ast.ImportFrom):
             module = node.module or ""
-            if module in own or (module == "llmcourse" and any(f"llmcourse.{a.name}" in own for a in node.names)):
+            if module in own or any(f"{module}.{a.name}" in own for a in node.names):
                 return f"it imports the reference solution of this chapter ({module})"
         if isinstance(node, ast.Import) and any(a.name in own or a.name.startswith(tuple(m + "." for m in own))
                                                 for a in node.names):

@@ -29,7 +29,7 @@ import nbformat
 import pytest
 
 from llmcourse.course import grading, isolation, runner
-from llmcourse.course.chapters import chapter_by_assignment
+from llmcourse.course.chapters import CHAPTERS, chapter_by_assignment
 from llmcourse.course.runner import Limits
 from llmcourse.course.submission import is_grade_cell, nbgrader_meta
 
@@ -483,7 +483,7 @@ def test_learner_check_on_attention_refuses_the_reference_and_library(root, tmp_
     assert "must not use scaled_dot_product_attention" in " ".join(e.message for e in results["library"].exercises)
 
 
-@pytest.mark.parametrize("assignment", ["01-tokenizers", "02-embeddings", "03-attention", "04-transformer"])
+@pytest.mark.parametrize("assignment", [chapter.assignment for chapter in CHAPTERS])
 def test_every_chapter_grades_full_and_blank_in_the_sandbox(root, assignment):
     """The sandbox (limits, policy, watch) lets every chapter's real tests run, and the blank scores zero."""
     chapter = chapter_by_assignment(assignment)

@@ -11,6 +11,7 @@ from llmcourse.config import TransformerConfig
 from llmcourse.course import oracles
 from llmcourse.course.checks import on_its_own
 from llmcourse.course.submission import tampering
+from llmcourse.models import gpt2, t5
 
 pytestmark = [pytest.mark.course_infra]
 
@@ -18,7 +19,8 @@ REFERENCES = {"get_pair_counts": tokenizer, "merge": tokenizer, "normalize_rows"
               "cosine_similarity_matrix": embeddings, "causal_mask": attention, "padding_mask": attention,
               "attention_weights": attention, "scaled_dot_product_attention": attention, "split_heads": attention,
               "merge_heads": attention, "repeat_kv": attention, "RMSNorm": transformer, "SwiGLU": transformer,
-              "rope_inv_freq": transformer, "rotate_half": transformer, "apply_rope": transformer}
+              "rope_inv_freq": transformer, "rotate_half": transformer, "apply_rope": transformer,
+              "relative_position_bucket": t5, "RelativePositionBias": t5, "GPT2": gpt2, "causal_lm_loss": gpt2}
 
 
 def test_every_stand_in_has_a_reference():
@@ -114,6 +116,37 @@ def test_transformer_stand_ins_agree(dtype):
     assert torch.equal(oracles.rotate_half(h), transformer.rotate_half(h))
     with pytest.raises(ValueError):
         oracles.rope_inv_freq(7)
+
+
+def test_variant_stand_ins_agree():
+    offsets = torch.arange(-300, 301)
+    for bidirectional in (True, False):
+        for num_buckets, max_distance in [(32, 128), (8, 20), (6, 7)]:
+            ours, ref = pair("relative_position_bucket")
+            assert torch.equal(ours(offsets, bidirectional, num_buckets, max_distance),
+                               ref(offsets, bidirectional, num_buckets, max_distance))
+    torch.manual_seed(5)
+    config = t5.T5Config(d_model=16, n_heads=3, head_dim=4, d_ff=20, vocab_size=30, num_buckets=8, max_distance=12)
+    for bidirectional in (True, False):
+        ours_cls, ref_cls = pair("RelativePositionBias")
+        ref = ref_cls(config, bidirectional)
+        ours = ours_cls(config, bidirectional)
+        ours.load_state_dict(ref.state_dict(), strict=True)
+        assert torch.equal(ours(7, 9), ref(7, 9)) and ours(7, 9).shape == (1, 3, 7, 9)
+
+    config = gpt2.GPT2Config(d_model=16, n_heads=2, n_layers=2, vocab_size=30, max_seq_len=12)
+    stand_in = oracles.GPT2(config)
+    ours = gpt2.load_hf_gpt2(gpt2.GPT2(config), stand_in.model.state_dict())
+    ids = torch.randint(0, 30, (3, 12))
+    attention_mask = torch.ones(3, 12, dtype=torch.long)
+    attention_mask[1, 9:] = 0
+    ours.eval(), stand_in.eval()
+    want, got = ours(ids, attention_mask), stand_in(ids, attention_mask)
+    torch.testing.assert_close(got[attention_mask.bool()], want[attention_mask.bool()], atol=1e-5, rtol=1e-5)
+    labels = ids.masked_fill(attention_mask == 0, -100)
+    torch.testing.assert_close(oracles.causal_lm_loss(want, labels), gpt2.causal_lm_loss(want, labels))
+    with pytest.raises(ValueError):
+        stand_in(torch.randint(0, 30, (1, 13)))
 
 
 def test_on_its_own_always_puts_the_learners_code_back():

@@ -48,9 +48,11 @@ MISTAKES = [
     Mistake("ex2-mlm", "input_ids changed in place",
             "inputs, labels = input_ids.clone(), input_ids.clone()", "inputs, labels = input_ids, input_ids.clone()"),
     Mistake("ex2-mlm", "the random draws in another order than transformers'",
-            "    masked = torch.bernoulli(torch.full(input_ids.shape, 0.8), generator=generator).bool().to(input_ids.device)\n",
+            "    masked = torch.bernoulli(torch.full(input_ids.shape, 0.8), "
+            "generator=generator).bool().to(input_ids.device)\n",
             "    random_ids = torch.randint(vocab_size, input_ids.shape, dtype=input_ids.dtype, generator=generator)\n"
-            "    masked = torch.bernoulli(torch.full(input_ids.shape, 0.8), generator=generator).bool().to(input_ids.device)\n"),
+            "    masked = torch.bernoulli(torch.full(input_ids.shape, 0.8), "
+            "generator=generator).bool().to(input_ids.device)\n"),
     Mistake("ex2-mlm", "the loss averaged over every position, ignored ones counted as class 0",
             "return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),\n"
             "                           ignore_index=IGNORE_INDEX)",
@@ -111,11 +113,14 @@ MISTAKES = [
             "qkv = tuple(f\"{ours}self_attn.{name}_proj\" for name in \"qkv\")",
             "qkv = tuple(f\"{ours}self_attn.{name}_proj\" for name in \"kqv\")"),
     Mistake("ex4-gpt2", "the loss not shifted: each position predicts itself",
-            "predictions = logits[:, :-1].reshape(-1, logits.shape[-1]).float()\n    targets = labels[:, 1:].reshape(-1)",
+            "predictions = logits[:, :-1].reshape(-1, logits.shape[-1]).float()\n    targets = labels[:, "
+            "1:].reshape(-1)",
             "predictions = logits.reshape(-1, logits.shape[-1]).float()\n    targets = labels.reshape(-1)"),
     Mistake("ex4-gpt2", "the loss shifted the wrong way",
-            "predictions = logits[:, :-1].reshape(-1, logits.shape[-1]).float()\n    targets = labels[:, 1:].reshape(-1)",
-            "predictions = logits[:, 1:].reshape(-1, logits.shape[-1]).float()\n    targets = labels[:, :-1].reshape(-1)"),
+            "predictions = logits[:, :-1].reshape(-1, logits.shape[-1]).float()\n    targets = labels[:, "
+            "1:].reshape(-1)",
+            "predictions = logits[:, 1:].reshape(-1, logits.shape[-1]).float()\n    targets = labels[:, "
+            ":-1].reshape(-1)"),
     Mistake("ex4-gpt2", "the ignored labels counted",
             "return F.cross_entropy(predictions, targets, ignore_index=IGNORE_INDEX)",
             "return F.cross_entropy(predictions, targets.clamp_min(0))"),
@@ -125,7 +130,8 @@ MISTAKES = [
     Mistake("ex5-generate", "no gradient clipping", "    if max_grad_norm is not None:\n"
             "        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)\n", ""),
     Mistake("ex5-generate", "padding trained on as if it were text",
-            "labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)",
+            "labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, "
+            "IGNORE_INDEX)",
             "labels = input_ids"),
     Mistake("ex5-generate", "the loss returned as a tensor", "    return loss.item()", "    return loss"),
     Mistake("ex5-generate", "temperature multiplied instead of divided",
@@ -167,12 +173,15 @@ MISTAKES = [
     Mistake("ex6-t5", "the decoder assumed as deep as the encoder",
             "config.n_decoder_layers * decoder_block", "config.n_layers * decoder_block"),
     Mistake("ex6-gpt2", "the tied output layer counted a second time",
-            "return (config.vocab_size + config.max_seq_len) * d", "return (2 * config.vocab_size + config.max_seq_len) * d"),
+            "return (config.vocab_size + config.max_seq_len) * d", "return (2 * config.vocab_size + "
+            "config.max_seq_len) * d"),
     Mistake("ex6-gpt2", "the position table forgotten",
             "return (config.vocab_size + config.max_seq_len) * d", "return config.vocab_size * d"),
     Mistake("ex6-gpt2", "the feed-forward network's width taken as 4 * d_model, not config.d_ff",
-            "d, inner, ff = config.d_model, config.n_heads * config.head_dim, config.d_ff\n    attention = 3 * (d * inner + inner) + inner * d + d\n    block",
-            "d, inner, ff = config.d_model, config.n_heads * config.head_dim, 4 * config.d_model\n    attention = 3 * (d * inner + inner) + inner * d + d\n    block"),
+            "d, inner, ff = config.d_model, config.n_heads * config.head_dim, config.d_ff\n    attention = 3 * "
+            "(d * inner + inner) + inner * d + d\n    block",
+            "d, inner, ff = config.d_model, config.n_heads * config.head_dim, 4 * config.d_model\n    attention "
+            "= 3 * (d * inner + inner) + inner * d + d\n    block"),
     Mistake("ex6-gpt2", "the final LayerNorm forgotten",
             "config.n_layers * block + 2 * d", "config.n_layers * block"),
     Mistake("ex6-gpt2", "the biases of the feed-forward network forgotten",

@@ -20,7 +20,7 @@ from ..attention import padding_mask
 from ..config import TransformerConfig
 from ..embeddings import Embedding, mean_pool, normalize_rows
 from ..models.weights import Param, Tied, load_mapped
-from ..transformer import EncoderBlock
+from ..transformer import ACTIVATIONS, EncoderBlock
 
 IGNORE_INDEX = -100
 """The label of a position that is not predicted (PyTorch's cross_entropy default ignore_index)."""
@@ -165,7 +165,7 @@ class BertForMaskedLM(nn.Module):
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) -> logits (B, T, vocab_size)."""
         h = self.bert(input_ids, attention_mask, token_type_ids)
-        h = self.transform_norm(F.gelu(self.transform(h)))
+        h = self.transform_norm(ACTIVATIONS[self.config.activation](self.transform(h)))
         return F.linear(h, self.bert.embeddings.word_embeddings.weight, self.decoder_bias)
 
 

@@ -61,6 +61,8 @@ MISTAKES = [
             "                           ignore_index=IGNORE_INDEX)",
             "                           ignore_index=IGNORE_INDEX, reduction=\"sum\")"),
     # ex3: T5
+    Mistake("ex3-t5", "the decoder's own padding ignored",
+            "mask = mask + additive_mask(padding_mask(decoder_attention_mask), x.dtype)", "pass"),
     Mistake("ex3-t5", "the keys after the query in the lower half of the buckets (the sign flipped)",
             "bucket += (relative_position > 0).long() * num_buckets",
             "bucket += (relative_position < 0).long() * num_buckets"),

@@ -147,7 +147,32 @@ TRANSFORMER_TESTS = (
     ExerciseTests(3, ("test_layers_take_the_dtype_they_are_given_and_rope_reaches_far_positions",), uses=(1, 2)),
     ExerciseTests(4, ("test_blocks_pass_is_causal_and_masks_on",), uses=(1, 2, 3, 6)),
 )
-VARIANTS_TESTS: tuple[ExerciseTests, ...] = ()
+VARIANTS_TESTS = (
+    ExerciseTests(None, ("test_loading_names_the_tensor_at_fault", "test_checkpoint_round_trip_restores_outputs"),
+                  uses=(1, 3, 4)),
+    ExerciseTests(1, ("test_bert_matches_transformers_bert_model", "test_bert_gradients_match_transformers",
+                      "test_minilm_sentence_embeddings_match_transformers", "test_bert_takes_the_dtype_it_is_given")),
+    ExerciseTests(2, ("test_mlm_mask_equals_data_collator_for_language_modeling",
+                      "test_mlm_mask_proportions_on_a_large_sample")),
+    ExerciseTests(2, ("test_bert_for_masked_lm_and_mlm_loss_match_transformers",), uses=(1,)),
+    ExerciseTests(3, ("test_relative_position_bucket_matches_transformers",
+                      "test_relative_position_bias_matches_compute_bias", "test_t5_matches_transformers",
+                      "test_t5_gradients_match_transformers", "test_shift_right_equals_transformers",
+                      "test_span_corruption_known_answers", "test_span_corruption_can_be_undone",
+                      "test_t5_takes_the_dtype_it_is_given")),
+    ExerciseTests(4, ("test_gpt2_matches_transformers", "test_gpt2_gradients_match_transformers",
+                      "test_causal_lm_loss_matches_transformers", "test_gpt2_output_layer_is_the_token_embedding",
+                      "test_gpt2_takes_the_dtype_it_is_given")),
+    ExerciseTests(4, ("test_variants_on_cuda_match_transformers",), uses=(1, 3, 5)),
+    ExerciseTests(5, ("test_train_step_equals_a_transformers_training_step", "test_train_step_drives_the_loss_down",
+                      "test_sample_draws_as_transformers_generate",
+                      "test_sample_is_reproducible_and_keeps_to_its_contract",
+                      "test_sample_follows_the_softmax_at_its_temperature"), uses=(4,)),
+    ExerciseTests(6, ("test_bert_parameter_count_matches_transformers", "test_t5_parameter_count_matches_transformers",
+                      "test_gpt2_parameter_count_matches_transformers",
+                      "test_parameter_counts_of_the_published_models")),
+    ExerciseTests(6, ("test_parameter_counts_equal_the_models_with_narrow_heads",), uses=(1, 3, 4)),
+)
 
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(1, "01-tokenizers", "tokenizers", "Tokenizers", ("tokenizer",), ("test_tokenizer.py",),

@@ -551,6 +551,16 @@ def test_causal_lm_loss_matches_transformers():
         G.causal_lm_loss(torch.randn(2, 4, 7), torch.zeros(2, 5, dtype=torch.long))
 
 
+def test_gpt2_config_refuses_what_the_model_does_not_compute():
+    """A checkpoint configured to compute something else is refused, not loaded into the wrong model."""
+    for option, value in [("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True)]:
+        hf = transformers.GPT2Config(n_embd=16, n_head=2, n_layer=1, vocab_size=30, n_positions=8, **{option: value})
+        with pytest.raises(ValueError, match=option):
+            G.GPT2Config.from_hf(hf)
+    with pytest.raises(ValueError, match="relu"):
+        G.GPT2Config.from_hf(transformers.GPT2Config(activation_function="relu"))
+
+
 def test_gpt2_output_layer_is_the_token_embedding():
     torch.manual_seed(48)
     config = G.GPT2Config(d_model=16, n_heads=2, n_layers=1, vocab_size=30, max_seq_len=8, dropout=0.0)
@@ -803,9 +813,18 @@ def test_checkpoint_round_trip_restores_outputs(tmp_path):
         W.load_checkpoint(deeper, path)
     with pytest.raises(W.WeightError, match="gpt2.safetensors"):
         W.load_checkpoint(B.BertModel(B.BertConfig(d_model=16, n_heads=2, d_ff=8, n_layers=1, vocab_size=30)), path)
-    wider = G.GPT2(G.GPT2Config(d_model=32, n_heads=2, n_layers=2, vocab_size=30, max_seq_len=10))
-    with pytest.raises((W.WeightError, RuntimeError), match="wte.weight"):
-        W.load_checkpoint(wider, path)
+    config = gpt2.config
+    larger = G.GPT2(G.GPT2Config(d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers,
+                                 vocab_size=config.vocab_size + 1, max_seq_len=config.max_seq_len))
+    before = {name: p.clone() for name, p in larger.state_dict().items()}
+    with pytest.raises(W.WeightError, match=r"wte\.weight.*shape"):
+        W.load_checkpoint(larger, path)
+    changed = [name for name, p in larger.state_dict().items() if not torch.equal(p, before[name])]
+    assert not changed, f"a checkpoint that does not fit changed the model: {changed[:3]}"
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(W.WeightError, match="not a safetensors checkpoint"):
+        W.load_checkpoint(gpt2, garbage)
     with pytest.raises(FileNotFoundError):
         W.load_checkpoint(gpt2, tmp_path / "missing.safetensors")
 

@@ -162,6 +162,7 @@ VARIANTS_TESTS = (
                       "test_t5_takes_the_dtype_it_is_given")),
     ExerciseTests(4, ("test_gpt2_matches_transformers", "test_gpt2_gradients_match_transformers",
                       "test_causal_lm_loss_matches_transformers", "test_gpt2_output_layer_is_the_token_embedding",
+                      "test_gpt2_config_refuses_what_the_model_does_not_compute",
                       "test_gpt2_takes_the_dtype_it_is_given")),
     ExerciseTests(4, ("test_variants_on_cuda_match_transformers",), uses=(1, 3, 5)),
     ExerciseTests(5, ("test_train_step_equals_a_transformers_training_step", "test_train_step_drives_the_loss_down",

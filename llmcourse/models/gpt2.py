@@ -43,6 +43,9 @@ class GPT2Config(TransformerConfig):
         hf = SimpleNamespace(**hf) if isinstance(hf, dict) else hf
         if hf.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
             raise ValueError(f"activation_function {hf.activation_function!r} is not supported")
+        for option, usual in [("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False)]:
+            if getattr(hf, option, usual) != usual:
+                raise ValueError(f"{option}={getattr(hf, option)} is not supported: GPT-2 uses {usual}")
         return cls(d_model=hf.n_embd, n_heads=hf.n_head, d_ff=hf.n_inner or 4 * hf.n_embd, n_layers=hf.n_layer,
                    vocab_size=hf.vocab_size, max_seq_len=hf.n_positions, norm_eps=hf.layer_norm_epsilon,
                    activation="gelu" if hf.activation_function == "gelu" else "gelu_tanh", dropout=hf.resid_pdrop)

@@ -114,13 +114,27 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, str]
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Read weights written by save_checkpoint into `model`; every tensor must fit (strict)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    missing, unexpected = load_model(model, str(path), strict=False)
-    if missing or unexpected:
-        problem = (f"has no tensor {sorted(missing)[0]!r}" if missing
-                   else f"has a tensor {sorted(unexpected)[0]!r} the model does not")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except SafetensorError as error:
+        raise WeightError(f"{path} is not a safetensors checkpoint: {error}") from None
+    # Check everything before copying anything: a checkpoint that does not fit leaves the model as it was.
+    state = model.state_dict()
+    saved = {state[name].data_ptr() for name in shapes if name in state}  # a tied tensor is saved once
+    missing = [name for name in state if name not in shapes and state[name].data_ptr() not in saved]
+    unexpected = [name for name in shapes if name not in state]
+    misshaped = [name for name in shapes if name in state and shapes[name] != tuple(state[name].shape)]
+    if missing or unexpected or misshaped:
+        problem = (f"has no tensor {missing[0]!r}" if missing
+                   else f"has a tensor {unexpected[0]!r} the model does not" if unexpected
+                   else f"has {misshaped[0]!r} of shape {shapes[misshaped[0]]}, the model "
+                        f"{tuple(state[misshaped[0]].shape)}")
         raise WeightError(f"{path} does not fit this model: it {problem}")
+    load_model(model, str(path), strict=False)

@@ -26,7 +26,7 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q has {q.shape[-1]} features per head but k has {k.shape[-1]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-1, -2)) * scale  # (..., T, S)
+    scores = (q * scale) @ k.transpose(-1, -2)  # (..., T, S); scaling q costs less than scaling the scores
     softmax_dtype = torch.promote_types(scores.dtype, torch.float32)
     scores = scores.to(softmax_dtype)
     if mask is not None:
@@ -35,8 +35,9 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
         else:
             scores = scores + mask.to(softmax_dtype)
     weights = torch.softmax(scores, dim=-1)
-    blocked = torch.isneginf(scores).all(dim=-1, keepdim=True)  # rows with nothing to attend to
-    weights = weights.masked_fill(blocked, 0.0)
+    blocked = torch.isneginf(scores.amax(dim=-1, keepdim=True))  # rows with nothing to attend to
+    if blocked.any():  # rare: no full-size copy of the weights unless some row needs zeros
+        weights = weights.masked_fill(blocked, 0.0)
     return weights.to(q.dtype)
 
 

@@ -169,12 +169,15 @@ class EncoderBlock(nn.Module):
         self.mlp = FeedForward(config, **factory)
         self.norm2 = nn.LayerNorm(config.d_model, eps=config.norm_eps, **factory)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, d_model) -> (B, T, d_model); mask (e.g. padding) broadcast to (B, h, T, T)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """x (B, T, d_model) -> (B, T, d_model); mask (e.g. padding) broadcast to (B, h, T, T).
+
+        is_causal=True also blocks the future, as in a decoder-only model (GPT-2, chapter 5).
+        """
         if self.norm_first:
-            x = x + self.self_attn(self.norm1(x), mask=mask)
+            x = x + self.self_attn(self.norm1(x), mask=mask, is_causal=is_causal)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.self_attn(x, mask=mask))
+        x = self.norm1(x + self.self_attn(x, mask=mask, is_causal=is_causal))
         return self.norm2(x + self.mlp(x))
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import causal_mask, padding_mask
+from ..attention import padding_mask
 from ..config import TransformerConfig
 from ..embeddings import Embedding
 from ..models.weights import Param, Tied, load_mapped
@@ -85,11 +85,9 @@ class GPT2(nn.Module):
             raise ValueError(f"{length} tokens, but this GPT-2 has positions for {self.config.max_seq_len}")
         positions = torch.arange(length, device=input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(positions))
-        mask = causal_mask(length, device=input_ids.device)  # (T, T)
-        if attention_mask is not None:
-            mask = mask & padding_mask(attention_mask)  # (B, 1, T, T)
+        mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, T)
         for block in self.h:
-            x = block(x, mask=mask)
+            x = block(x, mask=mask, is_causal=True)  # causal: a fused kernel skips the future
         return F.linear(self.ln_f(x), self.wte.weight)
 
 

@@ -30,7 +30,7 @@ MISTAKES = [
     Mistake("ex1-attention", "no check that q and k have as many features (the matmul raises RuntimeError instead)",
             "    if q.shape[-1] != k.shape[-1]:\n", "    if False:\n"),
     Mistake("ex1-attention", "k transposed with transpose(1, 2), which is right only for 3-D inputs (B, S, d)",
-            "scores = (q @ k.transpose(-1, -2)) * scale", "scores = (q @ k.transpose(1, 2)) * scale"),
+            "scores = (q * scale) @ k.transpose(-1, -2)", "scores = (q * scale) @ k.transpose(1, 2)"),
     Mistake("ex1-attention", "is_causal ignored: the flag is in the signature but the future is never blocked",
             "    if is_causal:\n        causal = causal_mask", "    if False:\n        causal = causal_mask"),
     Mistake("ex1-attention", "is_causal replaces the mask instead of combining with it (padding is lost in a decoder)",

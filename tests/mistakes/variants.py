@@ -102,8 +102,7 @@ MISTAKES = [
             "            sentinel -= 1", "            sentinel += 1"),
     # ex4: GPT-2
     Mistake("ex4-gpt2", "no causal mask: the model sees the future",
-            "mask = causal_mask(length, device=input_ids.device)  # (T, T)",
-            "mask = torch.ones(length, length, dtype=torch.bool, device=input_ids.device)"),
+            "x = block(x, mask=mask, is_causal=True)", "x = block(x, mask=mask)"),
     Mistake("ex4-gpt2", "the final LayerNorm forgotten",
             "return F.linear(self.ln_f(x), self.wte.weight)", "return F.linear(x, self.wte.weight)"),
     Mistake("ex4-gpt2", "the position embeddings forgotten",

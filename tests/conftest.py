@@ -30,6 +30,14 @@ def _select_package() -> Path:
 
 
 PACKAGE_PARENT = _select_package()
+
+# Without a GPU, Triton's kernels (chapter 6) run in its CPU interpreter. Triton reads this when it
+# is first imported, so it is set before any test imports it; a machine with CUDA runs them compiled.
+if not os.environ.get("TRITON_INTERPRET"):
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 import llmcourse  # noqa: E402  (after sys.path is set)
 
 if Path(llmcourse.__file__).resolve().parent != PACKAGE_PARENT / "llmcourse":

@@ -57,6 +57,18 @@ def test_rewrites_package_imports_to_relative(tmp_path):
     assert "llmcourse" not in text.split("\n", 2)[2]
 
 
+def test_rewrites_imports_inside_functions_too(tmp_path):
+    """A function that imports a module of the package only when it is called (an optional
+    dependency) must import the learner's module, not the course's."""
+    path = notebook(tmp_path, "#| export tokenizer\nimport math\n\n\ndef f():\n    from llmcourse.tokenizer import (\n"
+                    "        merge)\n    if math.pi:\n        import llmcourse.course.corpus as corpus\n"
+                    "    return merge, corpus\n")
+    text = build_modules([path])["tokenizer"]
+    assert "\n    from .tokenizer import merge\n    if math.pi:\n        from .course import corpus as corpus\n" in text
+    assert "llmcourse" not in text.split("\n", 2)[2]
+    compile(text, "tokenizer.py", "exec")
+
+
 @pytest.mark.parametrize("cell, line, words", [
     ("#| export tokenizer\ndef f(:\n    pass", 2, "syntax error"),
     ("#| export tokenizer\nimport math\nprint('hi')", 3, "`print('hi')`"),

@@ -175,6 +175,30 @@ VARIANTS_TESTS = (
                       "test_parameter_counts_of_the_published_models")),
     ExerciseTests(6, ("test_parameter_counts_equal_the_models_with_narrow_heads",), uses=(1, 3, 4)),
 )
+COMPUTATION_TESTS = (
+    ExerciseTests(1, ("test_online_logsumexp_and_softmax_equal_torch", "test_online_softmax_extremes_and_dtypes")),
+    ExerciseTests(2, ("test_sliding_window_mask_known_answers", "test_sliding_window_attention_equals_dense",
+                      "test_sliding_window_memory_is_linear_in_length",
+                      "test_sliding_window_attention_refuses_other_shapes",
+                      "test_sliding_window_attention_inside_mistral")),
+    ExerciseTests(3, ("test_block_sparse_layout_by_definition", "test_layout_to_mask_and_refusals")),
+    ExerciseTests(3, ("test_block_sparse_attention_equals_dense",
+                      "test_block_sparse_attention_rows_without_keys_are_zero")),
+    ExerciseTests(4, ("test_linformer_identity_projection_is_attention_and_padding_is_ignored",
+                      "test_linformer_is_not_causal_and_its_error_falls_with_k",
+                      "test_linformer_layer_equals_the_linformer_package")),
+    ExerciseTests(5, ("test_flash_forward_and_backward_equal_attention", "test_flash_attention_with_masks_in_float64",
+                      "test_flash_attention_gradcheck_gqa_and_blocked_rows", "test_flash_attention_refuses_bad_inputs",
+                      "test_flash_memory_is_tiles_not_the_score_matrix", "test_flash_causal_skips_future_tiles",
+                      "test_flash_attention_on_cuda_in_low_precision")),
+    ExerciseTests(6, ("test_forward_matches_sdpa_fp32", "test_forward_fp16", "test_unequal_tiles",
+                      "test_scale_and_strided_inputs", "test_causal_never_reads_future_tiles",
+                      "test_queries_that_see_no_key", "test_bad_inputs_are_refused", "test_bad_block_size_is_refused",
+                      "test_gpu_forward_half", "test_gpu_forward_fp32_is_not_tf32")),
+    ExerciseTests(6, ("test_gradients_match_sdpa", "test_gradients_with_shared_key_value_heads",
+                      "test_gpu_gradients_half"), uses=(5,)),
+    ExerciseTests(None, ("test_imports_and_explains_without_triton",)),
+)
 
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(1, "01-tokenizers", "tokenizers", "Tokenizers", ("tokenizer",), ("test_tokenizer.py",),
@@ -188,6 +212,10 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(5, "05-variants", "variants", "BERT, T5 and GPT-2", ("models/weights", "models/bert", "models/t5",
                                                                  "models/gpt2"),
             ("test_variants.py",), given_modules=("models/weights",), package_tests=VARIANTS_TESTS),
+    Chapter(6, "06-computation", "computation", "The cost of attention",
+            ("flash_attention", "sparse_attention", "kernels/triton_flash_kernel", "kernels/triton_flash"),
+            ("test_computation.py", "test_triton_flash.py"), given_modules=("kernels/triton_flash",),
+            package_tests=COMPUTATION_TESTS),
 )
 
 

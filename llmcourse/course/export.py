@@ -44,6 +44,7 @@ ALLOWED_DECORATORS = frozenset({
     "functools.cache", "cache", "functools.lru_cache", "lru_cache", "functools.cached_property",
     "cached_property", "abstractmethod", "abc.abstractmethod", "overload", "typing.overload",
     "torch.no_grad", "torch.inference_mode", "torch.jit.ignore", "torch.compiler.disable",
+    "triton.jit",  # builds a kernel object from the function's source; runs nothing (chapter 6)
 })
 FORBIDDEN_NODES = (ast.Lambda, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)
 
@@ -259,12 +260,16 @@ def relative_import(cell: ExportCell, node, depth: int) -> str | None:
 
 
 def rewrite_imports(cell: ExportCell, depth: int) -> str:
+    """The cell's code with every import of the package made relative, at the top of the cell and
+    inside functions alike (a function may import a module only when it is called, such as one
+    that needs an optional library), each keeping its indentation."""
     lines = cell.code.split("\n")
-    for node in reversed(cell.tree.body):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            new = relative_import(cell, node, depth)
-            if new is not None:
-                lines[node.lineno - 1:node.end_lineno] = [new]
+    imports = [node for node in ast.walk(cell.tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    for node in sorted(imports, key=lambda node: node.lineno, reverse=True):
+        new = relative_import(cell, node, depth)
+        if new is not None:
+            indent = lines[node.lineno - 1][:node.col_offset]
+            lines[node.lineno - 1:node.end_lineno] = [indent + new]
     return "\n".join(lines)
 
 

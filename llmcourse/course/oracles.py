@@ -222,12 +222,72 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
+# --- chapter 6: computation ------------------------------------------------------------------------
+
+
+def block_sparse_layout(n_blocks: int, window_blocks: int = 1, global_blocks: int = 1,
+                        is_causal: bool = False) -> torch.Tensor:
+    """(n_blocks, n_blocks) booleans: local band of window_blocks, global first blocks, causal."""
+    if type(n_blocks) is not int or n_blocks < 1:
+        raise ValueError(f"n_blocks must be a positive int, got {n_blocks!r}")
+    if type(window_blocks) is not int or window_blocks < 0 or type(global_blocks) is not int or global_blocks < 0:
+        raise ValueError("window_blocks and global_blocks must be ints >= 0")
+    band = torch.ones(n_blocks, n_blocks, dtype=torch.bool).triu(-window_blocks).tril(window_blocks)
+    band[:global_blocks] = True
+    band[:, :global_blocks] = True
+    return band.tril() if is_causal else band
+
+
+def layout_to_mask(layout: torch.Tensor, block_size: int, n: int) -> torch.Tensor:
+    """The (n, n) token mask of a block layout, by repeating each block entry block_size times."""
+    if type(block_size) is not int or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    n_blocks = math.ceil(n / block_size)
+    if layout.dtype != torch.bool or tuple(layout.shape) != (n_blocks, n_blocks):
+        raise ValueError(f"{n} tokens in blocks of {block_size} need a boolean ({n_blocks}, {n_blocks}) layout")
+    return layout.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)[:n, :n]
+
+
+def _scores(q, k, mask, is_causal, scale):
+    """Scaled, masked scores in at least float32 (the whole matrix: stand-ins need no tiles)."""
+    if is_causal and k.shape[-2] < q.shape[-2]:
+        raise ValueError("causal attention needs at least as many keys as queries")
+    wide = torch.promote_types(q.dtype, torch.float32)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.einsum("bhtd,bhsd->bhts", q.to(wide), k.to(wide)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.to(wide)
+    if is_causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], device=q.device), float("-inf"))
+    return scores
+
+
+def flash_attention_forward(q, k, v, mask=None, is_causal=False, scale=None, block_q=64, block_k=64):
+    """(out, lse) of attention, computed at once: out in q's dtype, lse in float32 (float64)."""
+    scores = _scores(q, k, mask, is_causal, scale)
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = torch.exp(scores - lse.masked_fill(lse.isneginf(), 0.0)[..., None])
+    return (weights @ v.to(scores.dtype)).to(q.dtype), lse
+
+
+def flash_attention_backward(q, k, v, out, lse, grad_out, mask=None, is_causal=False, scale=None, block_q=64,
+                             block_k=64):
+    """(dq, dk, dv) of attention, by autograd through the whole score matrix (out and lse unused)."""
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+        scores = _scores(*inputs[:2], mask, is_causal, scale)
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        result = (weights @ inputs[2].to(scores.dtype)).to(q.dtype)
+        return torch.autograd.grad(result, inputs, grad_out)
+
+
 STAND_INS = {
     "get_pair_counts": get_pair_counts,
     "merge": tokenizer_oracles.merge_by_string_replace,
     **{f.__name__: f for f in (normalize_rows, cosine_similarity_matrix, causal_mask, padding_mask, attention_weights,
                                scaled_dot_product_attention, split_heads, merge_heads, repeat_kv, RMSNorm, SwiGLU,
                                rope_inv_freq, rotate_half, apply_rope, relative_position_bucket,
-                               RelativePositionBias, GPT2, causal_lm_loss)},
+                               RelativePositionBias, GPT2, causal_lm_loss, block_sparse_layout, layout_to_mask,
+                               flash_attention_forward, flash_attention_backward)},
 }
 """name in a notebook -> the stand-in a grade cell may put in its place (checks.on_its_own)."""

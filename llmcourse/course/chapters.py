@@ -197,8 +197,8 @@ COMPUTATION_TESTS = (
     ExerciseTests(6, ("test_gradients_match_sdpa", "test_gradients_with_shared_key_value_heads",
                       "test_gpu_gradients_half"), uses=(5,)),
     ExerciseTests(None, ("test_sliding_window_attention_refuses_other_shapes",
-                         "test_flash_attention_refuses_bad_inputs", "test_bad_inputs_are_refused", "test_bad_block_size_is_refused",
-                         "test_imports_and_explains_without_triton")),
+                         "test_flash_attention_refuses_bad_inputs", "test_bad_inputs_are_refused",
+                         "test_bad_block_size_is_refused", "test_imports_and_explains_without_triton")),
 )
 
 CHAPTERS: tuple[Chapter, ...] = (

@@ -243,7 +243,7 @@ def test_encoder_block_matches_torch(device, norm_first):
     want.square().sum().backward()
     expect_tensor(x.grad, x_ref.grad, "the input gradient", atol=1e-4)
     expect_tensor(ours.mlp.up_proj.weight.grad, reference.linear1.weight.grad, "the gradient of mlp.up_proj", atol=1e-4)
-    future = torch.nn.Transformer.generate_square_subsequent_mask(9, device=device)
+    future = torch.ones(9, 9, dtype=torch.bool, device=device).triu(1)  # PyTorch's convention: True = blocked
     with torch.no_grad():  # the same block made causal, as GPT-2 uses it (chapter 5)
         expect_tensor(ours(x, mask=A.padding_mask(keep), is_causal=True),
                       reference(x, src_mask=future, src_key_padding_mask=~keep, is_causal=True),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmcourse import attention, embeddings, tokenizer, transformer
+from llmcourse import attention, embeddings, flash_attention, sparse_attention, tokenizer, transformer
 from llmcourse.config import TransformerConfig
 from llmcourse.course import oracles
 from llmcourse.course.checks import on_its_own
@@ -20,7 +20,9 @@ REFERENCES = {"get_pair_counts": tokenizer, "merge": tokenizer, "normalize_rows"
               "attention_weights": attention, "scaled_dot_product_attention": attention, "split_heads": attention,
               "merge_heads": attention, "repeat_kv": attention, "RMSNorm": transformer, "SwiGLU": transformer,
               "rope_inv_freq": transformer, "rotate_half": transformer, "apply_rope": transformer,
-              "relative_position_bucket": t5, "RelativePositionBias": t5, "GPT2": gpt2, "causal_lm_loss": gpt2}
+              "relative_position_bucket": t5, "RelativePositionBias": t5, "GPT2": gpt2, "causal_lm_loss": gpt2,
+              "block_sparse_layout": sparse_attention, "layout_to_mask": sparse_attention,
+              "flash_attention_forward": flash_attention, "flash_attention_backward": flash_attention}
 
 
 def test_every_stand_in_has_a_reference():
@@ -147,6 +149,38 @@ def test_variant_stand_ins_agree():
     torch.testing.assert_close(oracles.causal_lm_loss(want, labels), gpt2.causal_lm_loss(want, labels))
     with pytest.raises(ValueError):
         stand_in(torch.randint(0, 30, (1, 13)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_computation_stand_ins_agree(dtype):
+    for args in [(1,), (5, 1, 1), (6, 0, 2, True), (7, 2, 0), (4, 5, 0, True)]:
+        ours, ref = pair("block_sparse_layout")
+        assert torch.equal(ours(*args), ref(*args)), args
+    layout = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    ours, ref = pair("layout_to_mask")
+    assert torch.equal(ours(layout, 3, 8), ref(layout, 3, 8))
+    for bad in (torch.ones(2, 2, dtype=torch.bool), torch.ones(3, 3)):
+        with pytest.raises(ValueError):
+            ours(bad, 3, 8)
+    torch.manual_seed(6)
+    q = torch.randn(2, 3, 13, 8, dtype=dtype)
+    k, v = torch.randn(2, 3, 17, 8, dtype=dtype), torch.randn(2, 3, 17, 5, dtype=dtype)
+    keep = torch.rand(13, 17) > 0.3
+    keep[:, 0] = True
+    grad_out = torch.randn(2, 3, 13, 5, dtype=dtype)
+    for mask in (None, keep):
+        for is_causal in (False, True):
+            ours, ref = pair("flash_attention_forward")
+            (out, lse), (want_out, want_lse) = ours(q, k, v, mask, is_causal, 0.4), ref(q, k, v, mask, is_causal, 0.4)
+            torch.testing.assert_close(out, want_out)
+            torch.testing.assert_close(lse, want_lse)
+            ours, ref = pair("flash_attention_backward")
+            for a, b in zip(ours(q, k, v, out, lse, grad_out, mask, is_causal, 0.4),
+                            ref(q, k, v, out, lse, grad_out, mask, is_causal, 0.4)):
+                torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError):
+        oracles.flash_attention_forward(torch.randn(1, 1, 5, 8), torch.randn(1, 1, 3, 8), torch.randn(1, 1, 3, 8),
+                                        is_causal=True)
 
 
 def test_on_its_own_always_puts_the_learners_code_back():

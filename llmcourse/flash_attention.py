@@ -98,6 +98,18 @@ def causal_fits(n_queries: int, n_keys: int, is_causal: bool) -> None:
                          f"{n_queries} queries and {n_keys} keys")
 
 
+def check_flash_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, block_q: int,
+                       block_k: int) -> tuple[int, int]:
+    """The checks FlashAttention's forward and backward share (check_qkv, check_block_size,
+    causal_fits): ValueError on bad inputs, else (T, S)."""
+    check_qkv(q, k, v)
+    check_block_size("block_q", block_q)
+    check_block_size("block_k", block_k)
+    n_queries, n_keys = q.shape[-2], k.shape[-2]
+    causal_fits(n_queries, n_keys, is_causal)
+    return n_queries, n_keys
+
+
 def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                             is_causal: bool = False, scale: float | None = None, block_q: int = 64,
                             block_k: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,11 +120,7 @@ def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     lse is the logsumexp of each query's scaled, masked scores: -inf where every key is blocked
     (that row's output is 0). With is_causal, key tiles wholly in a query tile's future are skipped.
     """
-    check_qkv(q, k, v)
-    check_block_size("block_q", block_q)
-    check_block_size("block_k", block_k)
-    n_queries, n_keys = q.shape[-2], k.shape[-2]
-    causal_fits(n_queries, n_keys, is_causal)
+    n_queries, n_keys = check_flash_inputs(q, k, v, is_causal, block_q, block_k)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     shape = torch.Size((*q.shape[:-2], n_queries, n_keys))
     wide = torch.promote_types(q.dtype, torch.float32)  # tiles in float32 (float64 stays float64)
@@ -150,11 +158,7 @@ def flash_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     """Gradients of attention by recomputation (Eq. 6.8-6.11): each tile's P = exp(s - lse) again,
     then dV += P^T dO, dS = P * (dO V^T - D) with D = rowsum(dO * O), dQ += scale dS K,
     dK += scale dS^T Q. Returns (dq, dk, dv) in the dtypes of q, k, v."""
-    check_qkv(q, k, v)
-    check_block_size("block_q", block_q)
-    check_block_size("block_k", block_k)
-    n_queries, n_keys = q.shape[-2], k.shape[-2]
-    causal_fits(n_queries, n_keys, is_causal)
+    n_queries, n_keys = check_flash_inputs(q, k, v, is_causal, block_q, block_k)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     shape = torch.Size((*q.shape[:-2], n_queries, n_keys))
     wide = torch.promote_types(q.dtype, torch.float32)
